@@ -26,7 +26,9 @@ from model_export.scaling import Scaling
 from model_export.weights import ONNX_LSTM_GATES, LayerWeights, RecurrentWeights
 
 
-def random_weights(inputs: int, hidden: int, layers: int, outputs: int, seed: int = 0) -> RecurrentWeights:
+def random_weights(
+    inputs: int, hidden: int, layers: int, outputs: int, seed: int = 0
+) -> RecurrentWeights:
     rng = np.random.default_rng(seed)
     g = len(ONNX_LSTM_GATES)
     stack = tuple(
@@ -39,11 +41,15 @@ def random_weights(inputs: int, hidden: int, layers: int, outputs: int, seed: in
         )
         for n in range(layers)
     )
-    return RecurrentWeights("lstm", stack, rng.normal(0, 0.3, (outputs, hidden)), rng.normal(0, 0.1, outputs))
+    return RecurrentWeights(
+        "lstm", stack, rng.normal(0, 0.3, (outputs, hidden)), rng.normal(0, 0.1, outputs)
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=1)
@@ -53,7 +59,9 @@ def main() -> None:
     args = ap.parse_args()
 
     w = random_weights(1, args.hidden, args.layers, 1)
-    scaling = Scaling.from_dict({"input_mean": [20.0], "input_std": [3.0], "output_mean": [20.0], "output_std": [3.0]}, 1, 1)
+    scaling = Scaling.from_dict(
+        {"input_mean": [20.0], "input_std": [3.0], "output_mean": [20.0], "output_std": [3.0]}, 1, 1
+    )
     graphs = {
         "lstm-op": build_sequence_graph(w, scaling, name="a"),
         "lstm-op-optlens": build_sequence_graph(w, scaling, name="b", seq_lens_required=False),
@@ -62,7 +70,10 @@ def main() -> None:
     }
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
-    sessions = {k: ort.InferenceSession(g.SerializeToString(), opts, providers=["CPUExecutionProvider"]) for k, g in graphs.items()}
+    sessions = {
+        k: ort.InferenceSession(g.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        for k, g in graphs.items()
+    }
     b = args.batch
     state = np.zeros((args.layers, b, args.hidden), np.float32)
     x = np.full((1, b, 1), 21.0, np.float32)
@@ -91,12 +102,17 @@ def main() -> None:
                 run(None, feed)
             per_call[k].append((time.perf_counter() - t0) / args.calls * 1e6)
     base = statistics.median(per_call["lstm-op"])
-    print(f"B={b} T=1 layers={args.layers} hidden={args.hidden} threads={args.threads} "
-          f"rounds={args.rounds} calls/round={args.calls} onnxruntime {ort.__version__}")
+    print(
+        f"B={b} T=1 layers={args.layers} hidden={args.hidden} threads={args.threads} "
+        f"rounds={args.rounds} calls/round={args.calls} onnxruntime {ort.__version__}"
+    )
     print(f"{'variant':<18}{'median us/call':>15}{'p10':>8}{'p90':>8}{'vs lstm-op':>12}")
     for k, v in per_call.items():
         q = statistics.quantiles(v, n=10)
-        print(f"{k:<18}{statistics.median(v):>15.1f}{q[0]:>8.1f}{q[-1]:>8.1f}{statistics.median(v) / base:>11.2f}x")
+        print(
+            f"{k:<18}{statistics.median(v):>15.1f}{q[0]:>8.1f}{q[-1]:>8.1f}"
+            f"{statistics.median(v) / base:>11.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,20 @@ def load_series() -> tuple[np.ndarray, np.ndarray]:
     years, temps = [], []
     for row in csv.DictReader(io.StringIO(text)):
         year = int(float(row.pop("YEAR")))
-        for month in ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"):
+        for month in (
+            "JAN",
+            "FEB",
+            "MAR",
+            "APR",
+            "MAY",
+            "JUN",
+            "JUL",
+            "AUG",
+            "SEP",
+            "OCT",
+            "NOV",
+            "DEC",
+        ):
             years.append(year)
             temps.append(float(row[month]))
     return np.array(years), np.array(temps)
@@ -64,11 +77,15 @@ def rmse(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--epochs", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--window", type=int, default=72, help="months per training window")
     ap.add_argument("--warmup", type=int, default=12, help="months of each window not scored")
+    ap.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR, help="where the .npz goes")
+    ap.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="exported model directory")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # deterministic and fair on a shared machine
@@ -101,7 +118,10 @@ def main() -> None:
 
     # Stream the whole series from zero state; score one-step-ahead forecasts in 2000..2010.
     with torch.no_grad():
-        pred = model(torch.tensor(z[:-1, None, None], dtype=torch.float32))[:, 0, 0].numpy() * std + mean
+        pred = (
+            model(torch.tensor(z[:-1, None, None], dtype=torch.float32))[:, 0, 0].numpy() * std
+            + mean
+        )
     target_idx = np.arange(1, len(temps))
     held = years[target_idx] > TRAIN_END_YEAR
     actual = temps[target_idx][held]
@@ -115,37 +135,45 @@ def main() -> None:
         f"held-out 2000-2010 ({scores['held_out_months']} months), one-step-ahead RMSE: "
         f"LSTM {scores['lstm_rmse_c']:.3f} °C, persistence {scores['persistence_rmse_c']:.3f} °C, "
         f"seasonal persistence {scores['seasonal_persistence_rmse_c']:.3f} °C "
-        f"(LSTM error is {scores['lstm_rmse_c'] / scores['persistence_rmse_c']:.0%} of persistence's)"
+        f"(LSTM error is {scores['lstm_rmse_c'] / scores['persistence_rmse_c']:.0%} "
+        "of persistence's)"
     )
-    assert all(math.isfinite(v) for v in scores.values())
+    if not all(math.isfinite(v) for v in scores.values()):
+        raise SystemExit("training diverged: a held-out score is not finite; try another --seed")
 
-    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    np.savez(WEIGHTS_DIR / "elnino.npz", **{k: v.double().numpy() for k, v in model.state_dict().items()})
+    weights_dir = args.weights_dir
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        weights_dir / "elnino.npz", **{k: v.double().numpy() for k, v in model.state_dict().items()}
+    )
     scaling = {"input_mean": [mean], "input_std": [std], "output_mean": [mean], "output_std": [std]}
-    (WEIGHTS_DIR / "elnino.scaling.json").write_text(json.dumps(scaling, indent=2) + "\n")
+    (weights_dir / "elnino.scaling.json").write_text(json.dumps(scaling, indent=2) + "\n")
     info = {
         "name": "elnino",
         "features": ["sst_c"],
         "outputs": ["next_month_sst_c"],
         "description": "2x64 LSTM, monthly Nino 1+2 sea surface temperature (degC) -> next month's",
-        "data": "NOAA ERSST.V3B Nino 1+2, 1950-2010, public domain, from statsmodels.datasets.elnino",
+        "data": "NOAA ERSST.V3B Nino 1+2, 1950-2010, public domain (statsmodels.datasets.elnino)",
         "train_years": f"1950-{TRAIN_END_YEAR}",
         "held_out": scores,
         "epochs": args.epochs,
         "seed": args.seed,
     }
-    (WEIGHTS_DIR / "elnino.info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (weights_dir / "elnino.info.json").write_text(json.dumps(info, indent=2) + "\n")
     result = export(
-        WEIGHTS_DIR / "elnino.npz",
-        MODEL_DIR,
+        weights_dir / "elnino.npz",
+        args.model_dir,
         name=info["name"],
         scaling=Scaling.from_dict(scaling, 1, 1),
         features=info["features"],
         outputs=info["outputs"],
         force=True,
     )
-    print(f"wrote {WEIGHTS_DIR.relative_to(ROOT)}/elnino.* and exported {result.out_dir.relative_to(ROOT)} "
-          f"(version {result.metadata['version']}, max |error| {result.report.max_abs_error[0]:.1e} °C)")
+    print(
+        f"wrote {weights_dir}/elnino.* and exported {result.out_dir} "
+        f"(version {result.metadata['version']}, "
+        f"max |error| {result.report.max_abs_error[0]:.1e} °C)"
+    )
 
 
 if __name__ == "__main__":

@@ -7,15 +7,15 @@ Loaders (``sources/``) â†’ canonical weights (``weights.py``, ONNX gate order) â
 
 from .errors import (
     ExportError,
-    MissingDependency,
+    MissingDependencyError,
     OutputExistsError,
     ScalingError,
     SourceError,
-    UnsupportedModel,
+    UnsupportedModelError,
     VerificationError,
     WeightsError,
 )
-from .export import ExportResult, export, fingerprint
+from .exporter import ExportResult, export, fingerprint
 from .scaling import Scaling
 from .weights import LayerWeights, RecurrentWeights
 
@@ -23,13 +23,13 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "LayerWeights",
-    "MissingDependency",
+    "MissingDependencyError",
     "OutputExistsError",
     "RecurrentWeights",
     "Scaling",
     "ScalingError",
     "SourceError",
-    "UnsupportedModel",
+    "UnsupportedModelError",
     "VerificationError",
     "WeightsError",
     "export",

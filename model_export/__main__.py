@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import ExportError
-from .export import export
+from .exporter import export
 from .sources import LoadOptions
 
 DEMO_DIR = "demo_weights"
@@ -35,19 +35,33 @@ def parser() -> argparse.ArgumentParser:
         description="Export trained LSTM weights (PyTorch, Keras 3 or .npz) to a verified "
         "one-step ONNX model directory (model.onnx + model.json).",
     )
-    p.add_argument("source", nargs="?", type=Path,
-                   help="weights file: .pt/.pth (torch state_dict), .keras, .npz; "
-                   "omit to export the bundled demo weights")
+    p.add_argument(
+        "source",
+        nargs="?",
+        type=Path,
+        help="weights file: .pt/.pth (torch state_dict), .keras, .npz; "
+        "omit to export the bundled demo weights",
+    )
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--name", help="model name (default: the source file's stem)")
-    p.add_argument("--format", dest="fmt", choices=["torch", "keras", "npz"],
-                   help="source format (default: from the extension)")
-    p.add_argument("--scaling", type=Path,
-                   help='scaling.json: {"input_mean", "input_std", "output_mean", "output_std"}')
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        choices=["torch", "keras", "npz"],
+        help="source format (default: from the extension)",
+    )
+    p.add_argument(
+        "--scaling",
+        type=Path,
+        help='scaling.json: {"input_mean", "input_std", "output_mean", "output_std"}',
+    )
     p.add_argument("--features", type=_csv, help="comma-separated input feature names")
     p.add_argument("--outputs", type=_csv, help="comma-separated output names")
-    p.add_argument("--tolerance", type=float,
-                   help="max abs error in raw output units (default 1e-4 * max(1, output_std))")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        help="max abs error in raw output units (default 1e-4 * max(1, output_std))",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing model directory")
     p.add_argument("--lstm-prefix", default="lstm.", help="state_dict prefix of the nn.LSTM")
     p.add_argument("--head-prefix", default="head.", help="state_dict prefix of the nn.Linear")
@@ -100,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loaded {result.source_description}")
     errors = ", ".join(f"{e:.1e}" for e in report.max_abs_error)
     tolerances = ", ".join(f"{t:.1e}" for t in report.tolerance)
-    print(f"verified against the float64 reference: max |error| {errors} "
-          f"(tolerance {tolerances}) over {report.stream_steps} streamed steps, batch and ragged")
+    print(
+        f"verified against the float64 reference: max |error| {errors} "
+        f"(tolerance {tolerances}) over {report.stream_steps} streamed steps, batch and ragged"
+    )
     if report.framework_max_abs_error is not None:
         agree = ", ".join(f"{e:.1e}" for e in report.framework_max_abs_error)
         print(f"verified against {report.framework}: max |error| {agree}")

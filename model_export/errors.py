@@ -2,12 +2,12 @@
 
     ExportError                 anything the user can fix; the CLI prints it as one line
     ├── SourceError             the source file is missing, unreadable or not the format claimed
-    │   └── UnsupportedModel    the file is readable but describes something we refuse
+    │   └── UnsupportedModelError    the file is readable but describes something we refuse
     │                           (bidirectional, projections, other activations or layers, ...)
     ├── WeightsError            shapes or values of the weights are inconsistent (NaN, mismatch)
     ├── ScalingError            scaling.json is malformed, has the wrong lengths or a std <= 0
     ├── OutputExistsError       the output directory exists and --force was not given
-    ├── MissingDependency       an optional library (torch, ...) is needed; names the pip extra
+    ├── MissingDependencyError       an optional library (torch, ...) is needed; names the pip extra
     └── VerificationError       onnxruntime disagrees with the float64 reference; nothing written
 
 Third-party exceptions are wrapped at the edge (``raise SourceError(...) from exc``) so that the
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 __all__ = [
     "ExportError",
-    "MissingDependency",
+    "MissingDependencyError",
     "OutputExistsError",
     "ScalingError",
     "SourceError",
-    "UnsupportedModel",
+    "UnsupportedModelError",
     "VerificationError",
     "WeightsError",
 ]
@@ -36,7 +36,7 @@ class SourceError(ExportError):
     """The source file cannot be read as the format it claims to be."""
 
 
-class UnsupportedModel(SourceError):
+class UnsupportedModelError(SourceError):
     """The source is readable but describes a model this exporter refuses to convert."""
 
 
@@ -52,7 +52,7 @@ class OutputExistsError(ExportError):
     """The output directory already exists and overwriting was not requested."""
 
 
-class MissingDependency(ExportError):
+class MissingDependencyError(ExportError):
     """An optional third-party library is needed for this source format."""
 
 

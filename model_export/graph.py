@@ -15,11 +15,12 @@ which costs no precision and saves two nodes.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .scaling import Scaling
-from .weights import FloatArray, RecurrentWeights
+from .weights import RecurrentWeights
 
 __all__ = [
     "C0",
@@ -51,11 +52,13 @@ class _Graph:
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
 
-    def const(self, name: str, value: FloatArray | np.ndarray, dtype: type = np.float32) -> str:
+    def const(self, name: str, value: npt.ArrayLike, dtype: type = np.float32) -> str:
         self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs: object) -> list[str]:
+    def op(
+        self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs: object
+    ) -> list[str]:
         self._count += 1
         names = (
             outputs
@@ -63,7 +66,7 @@ class _Graph:
             else [f"{op_type.lower()}{self._count}_{k}" for k in range(outputs)]
         )
         self.nodes.append(
-            helper.make_node(op_type, inputs, names, name=f"{op_type}_{self._count}", **attrs)
+            helper.make_node(op_type, inputs, names, name=f"{op_type}_{self._count}", **attrs)  # type: ignore[arg-type]
         )
         return names
 
@@ -87,8 +90,10 @@ class _Graph:
         return model
 
 
-def _io(weights: RecurrentWeights, steps: int | str) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
-    state = [weights.num_layers, "B", weights.hidden_size]
+def _io(
+    weights: RecurrentWeights, steps: int | str
+) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
+    state: list[str | int] = [weights.num_layers, "B", weights.hidden_size]
     inputs = [
         helper.make_tensor_value_info(X, TensorProto.FLOAT, [steps, "B", weights.input_size]),
         helper.make_tensor_value_info(H0, TensorProto.FLOAT, state),
@@ -161,7 +166,10 @@ def build_sequence_graph(
         (lens,) = g.op("Slice", [joined, zero, batch])
 
     layer_input = _scaled_input(g, scaling)
-    h_parts, c_parts = _split_state(g, H0, weights.num_layers), _split_state(g, C0, weights.num_layers)
+    h_parts, c_parts = (
+        _split_state(g, H0, weights.num_layers),
+        _split_state(g, C0, weights.num_layers),
+    )
     squeeze_axis = g.const("axis1", [1], np.int64)
     h_out, c_out = [], []
     for n, layer in enumerate(weights.layers):
@@ -190,7 +198,10 @@ def build_step_graph(weights: RecurrentWeights, scaling: Scaling, *, name: str) 
     inputs, outputs = _io(weights, 1)
     hidden = weights.hidden_size
     layer_input = _scaled_input(g, scaling)  # [1, B, in]
-    h_parts, c_parts = _split_state(g, H0, weights.num_layers), _split_state(g, C0, weights.num_layers)
+    h_parts, c_parts = (
+        _split_state(g, H0, weights.num_layers),
+        _split_state(g, C0, weights.num_layers),
+    )
     gate_split = g.const("gate_split", [3 * hidden, hidden], np.int64)
     sig_split = g.const("sig_split", [hidden] * 3, np.int64)
     h_out, c_out = [], []

@@ -16,8 +16,10 @@ The tolerance is DESIGN.md's ``1e-4 × max(1, output_std)`` per output, unless o
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 
 from .errors import VerificationError
@@ -63,11 +65,16 @@ def session(model_bytes: bytes) -> ort.InferenceSession:
 
 
 def _feed(
-    sess: ort.InferenceSession, x: FloatArray, h0: FloatArray, c0: FloatArray,
+    sess: ort.InferenceSession,
+    x: npt.NDArray[np.floating[Any]],
+    h0: npt.NDArray[np.floating[Any]],
+    c0: npt.NDArray[np.floating[Any]],
     seq_lens: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     feed: dict[str, np.ndarray] = {
-        X: x.astype(np.float32), H0: h0.astype(np.float32), C0: c0.astype(np.float32)
+        X: x.astype(np.float32),
+        H0: h0.astype(np.float32),
+        C0: c0.astype(np.float32),
     }
     if any(i.name == SEQ_LENS for i in sess.get_inputs()):
         lens = np.full(x.shape[1], x.shape[0]) if seq_lens is None else seq_lens
@@ -91,7 +98,9 @@ class _Worst:
         diff = np.where(valid, np.abs(np.asarray(got, np.float64) - np.nan_to_num(want)), 0.0)
         self.y = np.maximum(self.y, diff.reshape(-1, diff.shape[-1]).max(axis=0))
 
-    def states(self, got_h: np.ndarray, want_h: FloatArray, got_c: np.ndarray, want_c: FloatArray) -> None:
+    def states(
+        self, got_h: np.ndarray, want_h: FloatArray, got_c: np.ndarray, want_c: FloatArray
+    ) -> None:
         self.state = max(self.state, _state_error(got_h, want_h), _state_error(got_c, want_c))
 
 
@@ -120,7 +129,9 @@ def verify(
     """Run every check; raise :class:`VerificationError` on any mismatch, else return the report."""
     if stream_steps < MIN_STREAM_STEPS:
         raise ValueError(f"stream_steps must be at least {MIN_STREAM_STEPS}")
-    tol = default_tolerance(scaling) if tolerance is None else np.full(weights.output_size, tolerance)
+    tol = (
+        default_tolerance(scaling) if tolerance is None else np.full(weights.output_size, tolerance)
+    )
     rng = np.random.default_rng(seed)
     try:
         sess = session(model_bytes)
@@ -185,7 +196,9 @@ def verify(
         stream_steps=stream_steps,
         checks=checks,
         framework=framework,
-        framework_max_abs_error=None if framework_error is None else [float(v) for v in framework_error],
+        framework_max_abs_error=None
+        if framework_error is None
+        else [float(v) for v in framework_error],
         framework_skipped=framework_skipped,
         onnxruntime_version=ort.__version__,
     )

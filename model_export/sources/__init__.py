@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import SourceError
 from ..weights import FloatArray, RecurrentWeights
 
-__all__ = ["FORMATS", "FrameworkCheck", "LoadedSource", "LoadOptions", "infer_format", "load"]
+__all__ = ["FORMATS", "FrameworkCheck", "LoadOptions", "LoadedSource", "infer_format", "load"]
 
 # x_scaled [T, B, I] (float64) -> the head's output at the last step, [B, O], in scaled units,
 # starting from zero state. The real framework computes it, in its own precision.
@@ -34,7 +34,9 @@ class LoadOptions:
 class LoadedSource:
     weights: RecurrentWeights
     format: str
-    description: str  # one line for the CLI, e.g. "torch state_dict: 2-layer LSTM 1->64, head 64->1"
+    description: (
+        str  # one line for the CLI, e.g. "torch state_dict: 2-layer LSTM 1->64, head 64->1"
+    )
     framework: str | None = None  # e.g. "torch 2.13.0"; None when no framework check is possible
     framework_check: FrameworkCheck | None = field(default=None, repr=False)
     framework_skipped: str | None = None  # why there is no framework check, if there is none

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SourceError, UnsupportedModel, WeightsError
+from ..errors import SourceError, UnsupportedModelError, WeightsError
 from ..weights import ONNX_LSTM_GATES, FloatArray, LayerWeights, RecurrentWeights, reorder_gates
 from . import LoadedSource
 
@@ -72,7 +72,7 @@ def _check_lstm(name: str, cfg: dict[str, Any]) -> None:
     }
     for key, (wanted, got) in refusals.items():
         if got != wanted:
-            raise UnsupportedModel(
+            raise UnsupportedModelError(
                 f"LSTM layer {name!r} has {key}={got!r}; only {key}={wanted!r} is supported"
             )
 
@@ -80,7 +80,7 @@ def _check_lstm(name: str, cfg: dict[str, Any]) -> None:
 def _layers(config: dict[str, Any], source: str) -> list[tuple[str, str, dict[str, Any]]]:
     """(class name, weight group, config) of each LSTM/Dense layer, in order."""
     if config.get("class_name") != "Sequential":
-        raise UnsupportedModel(
+        raise UnsupportedModelError(
             f"{source} holds a {config.get('class_name')!r} model; only keras.Sequential "
             "(LSTM layers + a Dense head) is supported"
         )
@@ -99,14 +99,14 @@ def _layers(config: dict[str, Any], source: str) -> list[tuple[str, str, dict[st
         if cls in _SKIPPED:
             continue
         if cls not in ("LSTM", "Dense"):
-            raise UnsupportedModel(
+            raise UnsupportedModelError(
                 f"{source}: layer {cfg.get('name')!r} is a {cls}; only InputLayer, LSTM, Dropout "
                 "and one final Dense are supported"
             )
         found.append((str(cls), group, cfg))
     kinds = [cls for cls, _, _ in found]
     if not kinds or kinds[-1] != "Dense" or "Dense" in kinds[:-1] or "LSTM" not in kinds:
-        raise UnsupportedModel(
+        raise UnsupportedModelError(
             f"{source} has layers {kinds}; expected one or more LSTM layers followed by one Dense"
         )
     return found
@@ -125,9 +125,9 @@ def load(path: Path) -> LoadedSource:
 
     config, weights_h5 = _read(path)
     layers = _layers(config, path.name)
-    lstm_units = {cfg.get("units") for cls, _, cfg in layers if cls == "LSTM"}
+    lstm_units = {int(cfg.get("units", 0)) for cls, _, cfg in layers if cls == "LSTM"}
     if len(lstm_units) != 1:
-        raise UnsupportedModel(
+        raise UnsupportedModelError(
             f"{path.name}: LSTM layers have different units {sorted(lstm_units)}; "
             "all layers must share one hidden size"
         )
@@ -150,7 +150,7 @@ def load(path: Path) -> LoadedSource:
                 )
             if cls == "Dense":
                 if cfg.get("activation") not in _LINEAR:
-                    raise UnsupportedModel(
+                    raise UnsupportedModelError(
                         f"{path.name}: Dense layer {name!r} has activation "
                         f"{cfg.get('activation')!r}; the head must be linear"
                     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingDependency, SourceError
+from ..errors import MissingDependencyError, SourceError
 from . import LoadedSource, LoadOptions
 from .torch_layout import describe, to_canonical
 
@@ -35,7 +35,7 @@ def load(path: Path, options: LoadOptions) -> LoadedSource:
         from .from_torch import torch_check
 
         check = torch_check(arrays, options)
-    except MissingDependency:
+    except MissingDependencyError:
         return replace(loaded, framework_skipped="torch is not installed")
     import torch
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingDependency, SourceError
+from ..errors import MissingDependencyError, SourceError
 from ..weights import FloatArray
 from . import LoadedSource, LoadOptions
 from .torch_layout import describe, to_canonical
@@ -27,7 +27,7 @@ def _import_torch() -> Any:
     try:
         import torch
     except ImportError as exc:
-        raise MissingDependency(
+        raise MissingDependencyError(
             "reading PyTorch files needs torch: pip install 'lstm-serve[torch]' "
             "(or convert the weights to .npz, which needs nothing)"
         ) from exc
@@ -76,8 +76,12 @@ def torch_check(arrays: Mapping[str, FloatArray], options: LoadOptions) -> Any:
     head_w = arrays[f"{hp}weight"]
     lstm = torch.nn.LSTM(w_ih0.shape[1], hidden, num_layers=num_layers, bias=has_bias)
     head = torch.nn.Linear(hidden, head_w.shape[0], bias=f"{hp}bias" in arrays)
-    lstm.load_state_dict({k[len(lp) :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(lp)})
-    head.load_state_dict({k[len(hp) :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(hp)})
+    lstm.load_state_dict(
+        {k[len(lp) :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(lp)}
+    )
+    head.load_state_dict(
+        {k[len(hp) :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(hp)}
+    )
     lstm, head = lstm.double().eval(), head.double().eval()
 
     def run(x_scaled: FloatArray) -> FloatArray:

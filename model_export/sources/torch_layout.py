@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import SourceError, UnsupportedModel, WeightsError
+from ..errors import SourceError, UnsupportedModelError, WeightsError
 from ..weights import ONNX_LSTM_GATES, LayerWeights, RecurrentWeights, reorder_gates
 
 __all__ = ["TORCH_LSTM_GATES", "describe", "to_canonical"]
@@ -39,12 +39,12 @@ def to_canonical(
                 continue
             kind, index, reverse = m.group(1), int(m.group(2)), m.group(3)
             if reverse:
-                raise UnsupportedModel(
+                raise UnsupportedModelError(
                     f"{source} holds a bidirectional LSTM ({key}); only unidirectional LSTMs "
                     "can be served step by step"
                 )
             if kind == "weight_hr":
-                raise UnsupportedModel(
+                raise UnsupportedModelError(
                     f"{source} holds an LSTM with proj_size > 0 ({key}); projections are not "
                     "supported, export a model trained with proj_size=0"
                 )
@@ -70,7 +70,9 @@ def to_canonical(
             "nn.Linear module's name followed by a dot"
         )
     if sorted(layers) != list(range(len(layers))):
-        raise WeightsError(f"{source}: LSTM layer indices {sorted(layers)} are not 0..{len(layers) - 1}")
+        raise WeightsError(
+            f"{source}: LSTM layer indices {sorted(layers)} are not 0..{len(layers) - 1}"
+        )
 
     canonical = []
     for index in range(len(layers)):
@@ -96,7 +98,9 @@ def to_canonical(
         )
     head_weight = np.asarray(head["weight"], dtype=np.float64)
     head_bias = head.get("bias", np.zeros(head_weight.shape[0] if head_weight.ndim else 0))
-    return RecurrentWeights("lstm", tuple(canonical), head_weight, np.asarray(head_bias, np.float64))
+    return RecurrentWeights(
+        "lstm", tuple(canonical), head_weight, np.asarray(head_bias, np.float64)
+    )
 
 
 def describe(kind: str, weights: RecurrentWeights) -> str:

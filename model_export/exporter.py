@@ -28,7 +28,7 @@ from .sources import LoadOptions, load
 from .verify import VerificationReport, verify
 from .weights import RecurrentWeights
 
-__all__ = ["MODEL_FILE", "METADATA_FILE", "NAME_PATTERN", "ExportResult", "export", "fingerprint"]
+__all__ = ["METADATA_FILE", "MODEL_FILE", "NAME_PATTERN", "ExportResult", "export", "fingerprint"]
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "model.json"
@@ -52,7 +52,13 @@ def fingerprint(weights: RecurrentWeights, scaling: Scaling) -> str:
     exporter keeps the version and the service keeps the streams' state.
     """
     digest = hashlib.sha256()
-    header = [weights.cell, weights.input_size, weights.hidden_size, weights.output_size, weights.num_layers]
+    header = [
+        weights.cell,
+        weights.input_size,
+        weights.hidden_size,
+        weights.output_size,
+        weights.num_layers,
+    ]
     digest.update(json.dumps(header).encode())
     for name, array in weights.arrays():
         digest.update(name.encode())
@@ -96,7 +102,9 @@ def _write(out_dir: Path, model_bytes: bytes, metadata: dict[str, Any], force: b
     staging.mkdir()
     try:
         (staging / MODEL_FILE).write_bytes(model_bytes)
-        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        (staging / METADATA_FILE).write_text(
+            json.dumps(metadata, indent=2) + "\n", encoding="utf-8"
+        )
         _check_out_dir(out_dir, force)  # again: it may have appeared while we verified
         if out_dir.exists():
             out_dir.rename(old)
