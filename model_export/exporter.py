@@ -95,23 +95,31 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 
 
 def _write(out_dir: Path, model_bytes: bytes, metadata: dict[str, Any], force: bool) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    """Write into a hidden sibling, then swap it into place; an old model goes only on success."""
     staging = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         (staging / MODEL_FILE).write_bytes(model_bytes)
-        (staging / METADATA_FILE).write_text(
-            json.dumps(metadata, indent=2) + "\n", encoding="utf-8"
-        )
+        text = json.dumps(metadata, indent=2) + "\n"
+        (staging / METADATA_FILE).write_text(text, encoding="utf-8")
         _check_out_dir(out_dir, force)  # again: it may have appeared while we verified
-        if out_dir.exists():
+        replacing = out_dir.exists()
+        if replacing:
             out_dir.rename(old)
-        staging.rename(out_dir)
+        try:
+            staging.rename(out_dir)
+        except OSError:
+            if replacing:
+                old.rename(out_dir)  # put the previous model back
+            raise
+    except OSError as exc:
+        raise ExportError(f"cannot write {out_dir}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def export(

@@ -260,3 +260,14 @@ def test_module_and_console_script(tmp_path: Path, saved_npz: Callable[..., Path
         == f"lstm-export: error: source file {tmp_path / 'nope.npz'} does not exist"
     )
     assert "Traceback" not in done.stderr
+
+
+def test_unwritable_output_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, saved_npz: Callable[..., Path]
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    code, _, err = run_cli(capsys, saved_npz(), "--out", blocker / "model")
+    assert code == 1
+    assert err.startswith(f"lstm-export: error: cannot write {blocker / 'model'}: ")
+    assert len(err.strip().splitlines()) == 1
