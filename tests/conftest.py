@@ -14,6 +14,22 @@ import numpy as np
 import pytest
 import torch
 
+from model_export import Scaling
+
+
+def random_scaling(rng: np.random.Generator, inputs: int, outputs: int) -> Scaling:
+    """Means far from zero and stds far from one, so a scaling bug cannot hide."""
+    return Scaling.from_dict(
+        {
+            "input_mean": rng.uniform(-50, 50, inputs).tolist(),
+            "input_std": rng.uniform(0.5, 20, inputs).tolist(),
+            "output_mean": rng.uniform(-50, 50, outputs).tolist(),
+            "output_std": rng.uniform(0.5, 20, outputs).tolist(),
+        },
+        inputs,
+        outputs,
+    )
+
 
 class TorchForecaster(torch.nn.Module):
     """The module layout the exporter's defaults expect: ``lstm`` + ``head``."""

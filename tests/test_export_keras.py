@@ -9,6 +9,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+from conftest import random_scaling
 from model_runner import ExportedModel
 
 from model_export import Scaling, UnsupportedModelError, export
@@ -82,16 +83,7 @@ def test_streamed_steps_match_keras(
     )
     model.save(tmp_path / "m.keras")
     rng = np.random.default_rng(units)
-    scaling = Scaling.from_dict(
-        {
-            "input_mean": rng.uniform(0, 30, inputs).tolist(),
-            "input_std": rng.uniform(1, 5, inputs).tolist(),
-            "output_mean": rng.uniform(0, 30, outputs).tolist(),
-            "output_std": rng.uniform(1, 5, outputs).tolist(),
-        },
-        inputs,
-        outputs,
-    )
+    scaling = random_scaling(rng, inputs, outputs)
     result = export(tmp_path / "m.keras", tmp_path / "out", scaling=scaling)
     assert result.metadata["source"]["format"] == "keras"
     assert result.report.framework is not None and result.report.framework.startswith("keras")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TorchForecaster
+from conftest import TorchForecaster, random_scaling
 from model_runner import ExportedModel
 
 from model_export import Scaling, export
@@ -33,19 +33,6 @@ def torch_float64(model: TorchForecaster, x_raw: np.ndarray, scaling: Scaling) -
         out, _ = m.lstm(torch.from_numpy(scaled))
         y = m.head(out).numpy()
     return np.asarray(y * scaling.output_std + scaling.output_mean)
-
-
-def random_scaling(rng: np.random.Generator, inputs: int, outputs: int) -> Scaling:
-    return Scaling.from_dict(
-        {
-            "input_mean": rng.uniform(-50, 50, inputs).tolist(),
-            "input_std": rng.uniform(0.5, 20, inputs).tolist(),
-            "output_mean": rng.uniform(-50, 50, outputs).tolist(),
-            "output_std": rng.uniform(0.5, 20, outputs).tolist(),
-        },
-        inputs,
-        outputs,
-    )
 
 
 def tolerance(scaling: Scaling) -> np.ndarray:
