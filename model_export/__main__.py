@@ -42,7 +42,9 @@ def parser() -> argparse.ArgumentParser:
         help="weights file: .pt/.pth (torch state_dict), .keras, .npz; "
         "omit to export the bundled demo weights",
     )
-    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="model directory to write"
+    )
     p.add_argument("--name", help="model name (default: the source file's stem)")
     p.add_argument(
         "--format",
@@ -53,13 +55,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scaling",
         type=Path,
+        metavar="FILE",
         help='scaling.json: {"input_mean", "input_std", "output_mean", "output_std"}',
     )
-    p.add_argument("--features", type=_csv, help="comma-separated input feature names")
-    p.add_argument("--outputs", type=_csv, help="comma-separated output names")
+    p.add_argument(
+        "--features", type=_csv, metavar="A,B,...", help="comma-separated input feature names"
+    )
+    p.add_argument("--outputs", type=_csv, metavar="Y,...", help="comma-separated output names")
     p.add_argument(
         "--tolerance",
         type=float,
+        metavar="X",
         help="max abs error in raw output units (default 1e-4 * max(1, output_std))",
     )
     p.add_argument("--force", action="store_true", help="replace an existing model directory")

@@ -14,6 +14,8 @@ which costs no precision and saves two nodes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 import onnx
@@ -57,7 +59,7 @@ class _Graph:
         return name
 
     def op(
-        self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs: object
+        self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs: Any
     ) -> list[str]:
         self._count += 1
         names = (
@@ -66,7 +68,7 @@ class _Graph:
             else [f"{op_type.lower()}{self._count}_{k}" for k in range(outputs)]
         )
         self.nodes.append(
-            helper.make_node(op_type, inputs, names, name=f"{op_type}_{self._count}", **attrs)  # type: ignore[arg-type]
+            helper.make_node(op_type, inputs, names, name=f"{op_type}_{self._count}", **attrs)
         )
         return names
 
