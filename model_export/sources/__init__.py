@@ -15,7 +15,15 @@ from pathlib import Path
 from ..errors import SourceError
 from ..weights import FloatArray, RecurrentWeights
 
-__all__ = ["FORMATS", "FrameworkCheck", "LoadOptions", "LoadedSource", "infer_format", "load"]
+__all__ = [
+    "FORMATS",
+    "FrameworkCheck",
+    "LoadOptions",
+    "LoadedSource",
+    "describe",
+    "infer_format",
+    "load",
+]
 
 # x_scaled [T, B, I] (float64) -> the head's output at the last step, [B, O], in scaled units,
 # starting from zero state. The real framework computes it, in its own precision.
@@ -40,6 +48,15 @@ class LoadedSource:
     framework: str | None = None  # e.g. "torch 2.13.0"; None when no framework check is possible
     framework_check: FrameworkCheck | None = field(default=None, repr=False)
     framework_skipped: str | None = None  # why there is no framework check, if there is none
+
+
+def describe(kind: str, weights: RecurrentWeights) -> str:
+    """One line for the CLI: "<kind>: 2-layer LSTM 1->64, head 64->1"."""
+    return (
+        f"{kind}: {weights.num_layers}-layer {weights.cell.upper()} "
+        f"{weights.input_size}->{weights.hidden_size}, "
+        f"head {weights.hidden_size}->{weights.output_size}"
+    )
 
 
 # extension -> format name

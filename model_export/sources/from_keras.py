@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import SourceError, UnsupportedModelError, WeightsError
 from ..weights import ONNX_LSTM_GATES, FloatArray, LayerWeights, RecurrentWeights, reorder_gates
-from . import LoadedSource
+from . import LoadedSource, describe
 
 __all__ = ["KERAS_LSTM_GATES", "load"]
 
@@ -177,11 +177,7 @@ def load(path: Path) -> LoadedSource:
     return LoadedSource(
         weights=weights,
         format="keras",
-        description=(
-            f"keras {path.name}: {weights.num_layers}-layer LSTM "
-            f"{weights.input_size}->{weights.hidden_size}, head "
-            f"{weights.hidden_size}->{weights.output_size}"
-        ),
+        description=describe(f"keras {path.name}", weights),
         framework=framework,
         framework_check=check,
         framework_skipped=skipped,

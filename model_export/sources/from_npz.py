@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependencyError, SourceError
-from . import LoadedSource, LoadOptions
-from .torch_layout import describe, to_canonical
+from . import LoadedSource, LoadOptions, describe
+from .torch_layout import to_canonical
 
 __all__ = ["load"]
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from ..errors import MissingDependencyError, SourceError
 from ..weights import FloatArray
-from . import LoadedSource, LoadOptions
-from .torch_layout import describe, to_canonical
+from . import LoadedSource, LoadOptions, describe
+from .torch_layout import to_canonical
 
 __all__ = ["load", "torch_check"]
 

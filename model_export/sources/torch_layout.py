@@ -15,7 +15,7 @@ import numpy.typing as npt
 from ..errors import SourceError, UnsupportedModelError, WeightsError
 from ..weights import ONNX_LSTM_GATES, LayerWeights, RecurrentWeights, reorder_gates
 
-__all__ = ["TORCH_LSTM_GATES", "describe", "to_canonical"]
+__all__ = ["TORCH_LSTM_GATES", "to_canonical"]
 
 # nn.LSTM stacks its four gate blocks as input, forget, cell ("g", the tanh candidate), output
 # (torch.nn.LSTM documentation: W_ii|W_if|W_ig|W_io). ONNX wants i, o, f, c.
@@ -100,11 +100,4 @@ def to_canonical(
     head_bias = head.get("bias", np.zeros(head_weight.shape[0] if head_weight.ndim else 0))
     return RecurrentWeights(
         "lstm", tuple(canonical), head_weight, np.asarray(head_bias, np.float64)
-    )
-
-
-def describe(kind: str, weights: RecurrentWeights) -> str:
-    return (
-        f"{kind}: {weights.num_layers}-layer LSTM {weights.input_size}->{weights.hidden_size}, "
-        f"head {weights.hidden_size}->{weights.output_size}"
     )
