@@ -34,9 +34,7 @@ def load(path: Path, options: LoadOptions) -> LoadedSource:
     try:
         from .from_torch import torch_check
 
-        check = torch_check(arrays, options)
+        framework, check = torch_check(arrays, options)
     except MissingDependencyError:
         return replace(loaded, framework_skipped="torch is not installed")
-    import torch
-
-    return replace(loaded, framework=f"torch {torch.__version__}", framework_check=check)
+    return replace(loaded, framework=framework, framework_check=check)

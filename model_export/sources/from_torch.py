@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import MissingDependencyError, SourceError
 from ..weights import FloatArray
-from . import LoadedSource, LoadOptions, describe
+from . import FrameworkCheck, LoadedSource, LoadOptions, describe
 from .torch_layout import to_canonical
 
 __all__ = ["load", "torch_check"]
@@ -56,17 +56,21 @@ def load(path: Path, options: LoadOptions) -> LoadedSource:
         )
     arrays = {str(k): v.detach().to(torch.float64).numpy() for k, v in obj.items()}
     weights = to_canonical(arrays, options.lstm_prefix, options.head_prefix, path.name)
+    framework, check = torch_check(arrays, options)
     return LoadedSource(
         weights=weights,
         format="torch",
         description=describe(f"torch state_dict {path.name}", weights),
-        framework=f"torch {torch.__version__}",
-        framework_check=torch_check(arrays, options),
+        framework=framework,
+        framework_check=check,
     )
 
 
-def torch_check(arrays: Mapping[str, FloatArray], options: LoadOptions) -> Any:
-    """Real ``nn.LSTM`` + ``nn.Linear`` in float64 holding these PyTorch-named arrays."""
+def torch_check(
+    arrays: Mapping[str, FloatArray], options: LoadOptions
+) -> tuple[str, FrameworkCheck]:
+    """("torch <version>", a real ``nn.LSTM`` + ``nn.Linear`` in float64 holding these
+    PyTorch-named arrays, run from zero state)."""
     torch = _import_torch()
     lp, hp = options.lstm_prefix, options.head_prefix
     w_ih0 = arrays[f"{lp}weight_ih_l0"]
@@ -89,4 +93,4 @@ def torch_check(arrays: Mapping[str, FloatArray], options: LoadOptions) -> Any:
             out, _ = lstm(torch.from_numpy(np.ascontiguousarray(x_scaled)))
             return np.asarray(head(out[-1]).numpy(), dtype=np.float64)
 
-    return run
+    return f"torch {torch.__version__}", run
