@@ -1,0 +1,165 @@
+"""``create_app(settings)``: routes, the error middleware and every resource's lifetime.
+
+Resources open in ``cleanup_ctx`` in dependency order (Redis, then the batcher) and close in
+reverse: on shutdown the batcher stops admitting, answers everything it admitted, and only then is
+Redis closed (and a private redis-server stopped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .app_keys import BATCHER, METRICS, MODELS, SETTINGS, STORE
+from .batcher import Batcher
+from .embedded_redis import EmbeddedRedis
+from .errors import ServiceError
+from .metrics import Metrics
+from .model import ServedModel, load_models
+from .routes_v1 import add_routes, json_response
+from .settings import Settings
+from .state_store import StateStore
+from .wire import error_json
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Codes for errors aiohttp raises itself (unknown path, wrong method).
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def _error_response(error: ServiceError, retry_after_s: int) -> web.Response:
+    response = json_response(error_json(error), status=error.status)
+    if error.retryable:
+        response.headers["Retry-After"] = str(retry_after_s)
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into ``{"error": {"code", "message"}}`` and time every request."""
+    start = time.perf_counter()
+    settings = request.app[SETTINGS]
+    try:
+        response = await handler(request)
+    except ServiceError as exc:
+        response = _error_response(exc, settings.retry_after_s)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "invalid_request")
+        body = {"error": {"code": code, "message": exc.reason}}
+        response = json_response(body, status=exc.status)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        body = {"error": {"code": "internal_error", "message": "internal error; see the logs"}}
+        response = json_response(body, status=500)
+    route = request.match_info.route.resource
+    template = route.canonical if route is not None else "unmatched"
+    request.app[METRICS].request_seconds.labels(
+        template, request.method, str(response.status)
+    ).observe(time.perf_counter() - start)
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    await request.app[STORE].ping()  # raises RedisUnavailable -> 503
+    models = request.app[MODELS]
+    return json_response({"status": "ready", "models": sorted(models)})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    response = web.Response(body=body)
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    response.charset = "utf-8"
+    return response
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    embedded: EmbeddedRedis | None = None
+    url = settings.redis_url
+    if url is None:
+        embedded = EmbeddedRedis(settings.redis_dir)
+        await asyncio.to_thread(embedded.start)
+        url = embedded.url
+        log.info("Redis: a private redis-server in %s", embedded.data_dir)
+    else:
+        log.info("Redis: %s", settings.redis_url_redacted)
+    timeout = settings.redis_timeout_s
+    redis = Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        # One immediate retry covers a pooled connection that died with a restarted Redis;
+        # more would only delay the 503 a client needs to hear.
+        retry=Retry(NoBackoff(), 1),
+    )
+    app[STORE] = StateStore(redis, settings.key_prefix, app[METRICS])
+    try:
+        yield
+    finally:
+        await redis.aclose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def batcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    batcher = Batcher(app[STORE], app[SETTINGS], app[METRICS])
+    app[BATCHER] = batcher
+    task = asyncio.create_task(batcher.run(), name="batcher")
+    try:
+        yield
+    finally:
+        batcher.close()
+        try:
+            await asyncio.wait_for(task, timeout=30)
+        except TimeoutError:
+            log.error("the batcher did not drain its queue within 30 s; stopping it")
+
+
+def create_app(
+    settings: Settings,
+    metrics: Metrics | None = None,
+    models: dict[str, ServedModel] | None = None,
+) -> web.Application:
+    """The application; loads the models now, so a bad model directory fails before listening."""
+    app = web.Application(client_max_size=settings.body_max_bytes, middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    app[METRICS] = metrics if metrics is not None else Metrics()
+    served = (
+        models if models is not None else load_models(settings.models, settings.inference_threads)
+    )
+    app[MODELS] = served
+    if settings.default_model is not None and settings.default_model not in served:
+        raise ValueError(
+            f"--default-model {settings.default_model!r} is not among the served models "
+            f"({', '.join(sorted(served))})"
+        )
+    for model in served.values():
+        app[METRICS].model_info.labels(model.name, model.version).set(1)
+    app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(batcher_ctx)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    add_routes(app)
+    return app

@@ -1,0 +1,278 @@
+"""The queue and the natural-batching loop: the only code that writes stream state.
+
+Handlers validate a request, turn it into units (one per stream) and ``submit`` them. One loop
+takes everything queued (up to ``batch_max_readings``), reads every stream's record with one Redis
+call, plans each stream (``plan.py``), runs each model once over all streams with new readings
+(ragged lengths through ``seq_lens``), and writes every advanced stream with one compare-and-set
+call. While that batch is in flight, new readings queue; no timer is involved, so a lone reading
+waits for nothing but its own work. A stream whose write lost a race goes back to the front of the
+queue and is recomputed from the state that won; the other streams of the batch are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import cast
+
+import numpy as np
+
+from .errors import Overloaded, ServiceError
+from .metrics import Metrics
+from .model import ServedModel
+from .plan import Applied, Duplicate, StreamPlan, Unit, UnitResult, plan_stream
+from .settings import Settings
+from .state_store import StateStore, StreamState, Write, encode_record
+
+__all__ = ["Batcher"]
+
+log = logging.getLogger(__name__)
+
+# A stream that keeps losing compare-and-set races this many times is answered 503 rather than
+# retried forever (it would take a writer advancing the stream between every read and write).
+MAX_ATTEMPTS = 64
+
+
+class Batcher:
+    def __init__(self, store: StateStore, settings: Settings, metrics: Metrics) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self._queue: deque[Unit] = deque()
+        self._queued_readings = 0
+        self._wakeup = asyncio.Event()
+        self._accepting = True
+        self._last_generation = 0
+
+    # -- admission ---------------------------------------------------------------------------
+
+    def submit(self, units: Sequence[Unit]) -> None:
+        """Queue units (all or none); raises Overloaded when the queue would exceed its bound."""
+        count = sum(len(u.readings) for u in units)
+        if not self._accepting:
+            raise Overloaded("the service is shutting down; retry on another replica")
+        if self._queued_readings + count > self.settings.queue_max_readings:
+            raise Overloaded(
+                f"{self._queued_readings} readings are queued (limit "
+                f"{self.settings.queue_max_readings}); retry shortly"
+            )
+        self._queue.extend(units)
+        self._queued_readings += count
+        self.metrics.queue_readings.set(self._queued_readings)
+        self._wakeup.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve batches until cancelled; after ``close()``, until the queue is empty."""
+        while True:
+            if not self._queue:
+                if not self._accepting:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take()
+            try:
+                await self._process(batch)
+            except Exception as exc:  # a bug: answer the batch, keep serving
+                log.exception("batch of %d units failed", len(batch))
+                for unit in batch:
+                    if not unit.future.done():
+                        unit.future.set_exception(exc)
+
+    def close(self) -> None:
+        """Stop admitting; ``run`` returns once everything admitted has been answered."""
+        self._accepting = False
+        self._wakeup.set()
+
+    def _take(self) -> list[Unit]:
+        batch: list[Unit] = []
+        taken = 0
+        limit = self.settings.batch_max_readings
+        while self._queue and (not batch or taken + len(self._queue[0].readings) <= limit):
+            unit = self._queue.popleft()
+            batch.append(unit)
+            taken += len(unit.readings)
+        self._queued_readings -= taken
+        self.metrics.queue_readings.set(self._queued_readings)
+        self.metrics.batch_readings.observe(taken)
+        now = time.perf_counter()
+        for unit in batch:
+            if unit.attempts == 0:
+                self.metrics.queue_wait_seconds.observe(now - unit.enqueued_at)
+        return batch
+
+    def _new_generation(self) -> int:
+        # Creation time in ms, strictly increasing within the process, so that event ids
+        # ({generation}-{seq}) of a restarted stream never repeat those of its previous life.
+        self._last_generation = max(int(time.time() * 1000), self._last_generation + 1)
+        return self._last_generation
+
+    async def _process(self, batch: list[Unit]) -> None:
+        # Group by stream, keeping arrival order inside each stream.
+        groups: dict[str, list[Unit]] = {}
+        for unit in batch:
+            unit.attempts += 1
+            key = self.store.state_key(unit.model.name, unit.stream)
+            groups.setdefault(key, []).append(unit)
+        keys = list(groups)
+        try:
+            raws = await self.store.load_many(keys)
+        except ServiceError as exc:
+            self._fail(batch, exc)
+            return
+
+        plans: list[StreamPlan] = []
+        for key, raw in zip(keys, raws, strict=True):
+            units = groups[key]
+            model = units[0].model
+            state = (
+                None
+                if raw is None
+                else StreamState.decode(raw, model.version, model.state_shape, model.output_size)
+            )
+            plans.append(
+                plan_stream(
+                    model,
+                    units[0].stream,
+                    key,
+                    units,
+                    state,
+                    self.settings.on_version_mismatch,
+                    self._new_generation() if state is None or state.h is None else 0,
+                )
+            )
+
+        outputs = self._infer([p for p in plans if p.needs_write])
+        writing = [p for p in plans if p.needs_write]
+        now = time.time()
+        writes = [self._record(plan, outputs[id(plan)], now) for plan in writing]
+        try:
+            written = await self.store.commit_many(writes, self.settings.state_ttl_ms)
+        except ServiceError as exc:
+            self._fail([u for p in writing for u in p.units], exc)
+            for plan in plans:
+                if not plan.needs_write:
+                    self._answer(plan, None)
+            return
+
+        retry: list[Unit] = []
+        for plan, ok in zip(writing, written, strict=True):
+            if ok:
+                self._answer(plan, outputs[id(plan)][0])
+            else:
+                self.metrics.cas_conflicts.inc()
+                retry.extend(plan.units)
+        for plan in plans:
+            if not plan.needs_write:
+                self._answer(plan, None)
+        self._requeue(retry)
+
+    def _infer(self, plans: list[StreamPlan]) -> dict[int, tuple[np.ndarray, bytes, bytes]]:
+        """Run each model once over its streams; per plan: (y [T, O], h bytes, c bytes)."""
+        by_model: dict[str, list[StreamPlan]] = {}
+        for plan in plans:
+            by_model.setdefault(plan.model.name, []).append(plan)
+        out: dict[int, tuple[np.ndarray, bytes, bytes]] = {}
+        for group in by_model.values():
+            model: ServedModel = group[0].model
+            lengths = np.array([len(p.steps) for p in group], np.int32)
+            steps = int(lengths.max())
+            if steps == 1:
+                x = np.array([[p.steps[0].values for p in group]], np.float32)
+            else:
+                x = np.zeros((steps, len(group), model.input_size), np.float32)
+                for b, plan in enumerate(group):
+                    x[: len(plan.steps), b, :] = [r.values for r in plan.steps]
+            h0 = np.stack([p.h0 for p in group], axis=1)
+            c0 = np.stack([p.c0 for p in group], axis=1)
+            start = time.perf_counter()
+            y, hn, cn = model.step(x, h0, c0, lengths)
+            self.metrics.inference_seconds.labels(model.name).observe(time.perf_counter() - start)
+            hn_rows = np.ascontiguousarray(hn.transpose(1, 0, 2))
+            cn_rows = np.ascontiguousarray(cn.transpose(1, 0, 2))
+            for b, plan in enumerate(group):
+                out[id(plan)] = (y[: lengths[b], b, :], hn_rows[b].tobytes(), cn_rows[b].tobytes())
+        return out
+
+    def _record(
+        self, plan: StreamPlan, output: tuple[np.ndarray, bytes, bytes], now: float
+    ) -> Write:
+        y, h, c = output
+        last = plan.last_applied
+        assert last is not None  # a plan with steps has applied a unit
+        seqs = [r.seq or 0 for r in plan.steps[last.first : last.first + last.count]]
+        record = encode_record(
+            plan.generation,
+            plan.steps[-1].seq or 0,
+            now,
+            plan.model.version,
+            h,
+            c,
+            seqs,
+            y[last.first : last.first + last.count],
+        )
+        return Write(plan.key, plan.expected_guard, record)
+
+    def _answer(self, plan: StreamPlan, y: np.ndarray | None) -> None:
+        """Resolve every unit of a plan whose write (if any) happened."""
+        counts = self.metrics.readings
+        for unit, outcome in zip(plan.units, plan.outcomes, strict=True):
+            n = len(unit.readings)
+            if isinstance(outcome, ServiceError):
+                counts.labels("stale" if outcome.code == "stale_seq" else "rejected").inc(n)
+                _resolve(unit, error=outcome)
+            elif isinstance(outcome, Applied):
+                assert y is not None
+                rows = y[outcome.first : outcome.first + outcome.count]
+                seqs = [
+                    r.seq or 0 for r in plan.steps[outcome.first : outcome.first + outcome.count]
+                ]
+                counts.labels("applied").inc(n)
+                _resolve(
+                    unit,
+                    UnitResult(plan.generation, list(zip(seqs, rows.tolist(), strict=True)), False),
+                )
+            elif isinstance(outcome, Duplicate):
+                results = [(seq, _held_prediction(held, y)) for seq, held in outcome.held]
+                counts.labels("duplicate").inc(n)
+                _resolve(unit, UnitResult(plan.generation, results, True))
+
+    def _fail(self, units: list[Unit], error: ServiceError) -> None:
+        self.metrics.readings.labels("failed").inc(sum(len(u.readings) for u in units))
+        for unit in units:
+            _resolve(unit, error=error)
+
+    def _requeue(self, units: list[Unit]) -> None:
+        """Put conflicting streams back at the front, in their order, ahead of newer readings."""
+        keep = []
+        for unit in units:
+            if unit.attempts >= MAX_ATTEMPTS:
+                self._fail([unit], Overloaded("the stream is contended too heavily; retry"))
+            else:
+                keep.append(unit)
+        self._queue.extendleft(reversed(keep))
+        self._queued_readings += sum(len(u.readings) for u in keep)
+        if keep:
+            self._wakeup.set()
+
+
+def _held_prediction(held: np.ndarray | int, y: np.ndarray | None) -> list[float]:
+    """A duplicate's prediction: stored in the record, or computed earlier in this batch."""
+    if isinstance(held, int):
+        assert y is not None  # an index into this batch's steps implies it ran
+        return cast(list[float], y[held].tolist())
+    return cast(list[float], held.tolist())
+
+
+def _resolve(unit: Unit, result: UnitResult | None = None, error: Exception | None = None) -> None:
+    if unit.future.done():
+        return
+    if error is not None:
+        unit.future.set_exception(error)
+    elif result is not None:
+        unit.future.set_result(result)

@@ -1,0 +1,100 @@
+"""Every Prometheus metric the service exports, built on an injectable registry.
+
+Names carry base units (``_seconds``, ``_total``); labels are bounded (routes are route templates,
+never stream ids).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["LATENCY_BUCKETS_S", "READING_OUTCOMES", "Metrics"]
+
+# Sub-millisecond resolution where the service lives, up to the seconds a Redis outage costs.
+LATENCY_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+READING_OUTCOMES = ("applied", "duplicate", "stale", "rejected", "failed")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            "lstm_http_request_duration_seconds",
+            "HTTP request latency by route template, method and status",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.readings = Counter(
+            "lstm_readings_total",
+            "Readings by outcome: applied, duplicate (a retry answered from stored results), "
+            "stale (409), rejected (400/404/409/413 before or at the batcher), failed (503)",
+            ["outcome"],
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "lstm_redis_errors_total",
+            "Redis calls that failed, by operation",
+            ["operation"],
+            registry=r,
+        )
+        self.redis_seconds = Histogram(
+            "lstm_redis_duration_seconds",
+            "Redis round trip latency by operation",
+            ["operation"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "lstm_queue_wait_seconds",
+            "Time a reading waits in the queue before its batch starts",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "lstm_inference_duration_seconds",
+            "onnxruntime time per batch and model",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_readings = Histogram(
+            "lstm_batch_readings",
+            "Readings per batch",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.cas_conflicts = Counter(
+            "lstm_cas_conflicts_total",
+            "Stream writes that lost a compare-and-set race and were recomputed",
+            registry=r,
+        )
+        self.queue_readings = Gauge(
+            "lstm_queue_readings", "Readings waiting for a batch", registry=r
+        )
+        self.model_info = Gauge(
+            "lstm_model_info", "Served models (value 1)", ["model", "version"], registry=r
+        )
+        for outcome in READING_OUTCOMES:
+            self.readings.labels(outcome)

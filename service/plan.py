@@ -1,0 +1,163 @@
+"""What a batch does to one stream, decided from its stored state before any inference runs.
+
+The rules (DESIGN.md, "State"): a client ``seq`` must exceed the last applied one (gaps allowed);
+without one the server assigns last+1. A unit (the readings of one stream from one request) is all
+or nothing. A unit whose seqs were all applied already and are still held in the record's last
+results is a retry: it gets those results, marked duplicate, and changes nothing. Anything else at
+or below the last seq is ``stale_seq``. A record written by another model version is refused or
+reset, by configuration.
+
+This module does no I/O; the batcher feeds it decoded state and carries out the plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ModelVersionMismatch, ServiceError, StaleSeq
+from .model import ServedModel
+from .state_store import StreamState
+
+__all__ = ["Reading", "StreamPlan", "Unit", "UnitResult", "plan_stream"]
+
+
+@dataclass(frozen=True)
+class Reading:
+    values: list[float]  # raw units, len == model.input_size, all finite
+    seq: int | None
+    ts: float | str | None = None
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    generation: int
+    results: list[tuple[int, list[float]]]  # (seq, prediction) per reading, in order
+    duplicate: bool
+
+
+@dataclass(eq=False)
+class Unit:
+    """The readings of one stream from one request: applied together or not at all."""
+
+    model: ServedModel
+    stream: str
+    readings: list[Reading]
+    future: asyncio.Future[UnitResult]
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    attempts: int = 0
+
+
+# How a unit ends once the batch's inference has run: its readings' indices into the plan's steps,
+# or (seq, stored prediction or step index) pairs for a duplicate, or an error.
+@dataclass(frozen=True)
+class Applied:
+    first: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    held: list[tuple[int, np.ndarray | int]]
+
+
+Outcome = Applied | Duplicate | ServiceError
+
+
+@dataclass
+class StreamPlan:
+    model: ServedModel
+    stream: str
+    key: str
+    units: list[Unit]
+    expected_guard: bytes
+    generation: int
+    h0: np.ndarray  # float32 [layers, hidden]
+    c0: np.ndarray
+    steps: list[Reading] = field(default_factory=list)  # readings to run, seq assigned
+    outcomes: list[Outcome] = field(default_factory=list)
+    last_applied: Applied | None = None  # the unit whose results the record will hold
+
+    @property
+    def needs_write(self) -> bool:
+        return bool(self.steps)
+
+
+def plan_stream(
+    model: ServedModel,
+    stream: str,
+    key: str,
+    units: list[Unit],
+    state: StreamState | None,
+    on_version_mismatch: str,
+    new_generation: int,
+) -> StreamPlan:
+    """Decide every unit of one stream in a batch, in order, against ``state`` (None: no record)."""
+    zeros = np.zeros(model.state_shape, np.float32)
+    if state is None:
+        plan = StreamPlan(model, stream, key, units, b"", new_generation, zeros, zeros)
+        last, held = 0, dict[int, np.ndarray | int]()
+    elif state.h is None or state.c is None:  # written by another model version
+        if on_version_mismatch == "refuse":
+            error = ModelVersionMismatch(
+                f"stream {stream!r} holds state of model version {state.model_version}, "
+                f"but {model.name} is now version {model.version}; end the stream "
+                "(DELETE) to start it afresh, or run the service with "
+                "--on-version-mismatch reset",
+                stream_version=state.model_version,
+                model_version=model.version,
+            )
+            plan = StreamPlan(
+                model, stream, key, units, state.guard, state.generation, zeros, zeros
+            )
+            plan.outcomes = [error for _ in units]
+            return plan
+        generation = max(new_generation, state.generation + 1)
+        plan = StreamPlan(model, stream, key, units, state.guard, generation, zeros, zeros)
+        last, held = 0, dict[int, np.ndarray | int]()
+    else:
+        plan = StreamPlan(
+            model, stream, key, units, state.guard, state.generation, state.h, state.c
+        )
+        last = state.seq
+        held = dict[int, np.ndarray | int](state.results)
+
+    for unit in units:
+        seqs = [r.seq for r in unit.readings]
+        if seqs[0] is None:
+            assigned = list(range(last + 1, last + 1 + len(seqs)))
+        else:
+            assigned = [int(s) for s in seqs if s is not None]
+            if assigned[0] <= last:
+                if assigned[-1] <= last and all(s in held for s in assigned):
+                    plan.outcomes.append(Duplicate([(s, held[s]) for s in assigned]))
+                else:
+                    plan.outcomes.append(_stale(stream, assigned, last))
+                continue
+        first = len(plan.steps)
+        for reading, seq in zip(unit.readings, assigned, strict=True):
+            plan.steps.append(Reading(reading.values, seq, reading.ts))
+        applied = Applied(first, len(assigned))
+        plan.outcomes.append(applied)
+        plan.last_applied = applied
+        last = assigned[-1]
+        held = {seq: first + k for k, seq in enumerate(assigned)}
+    return plan
+
+
+def _stale(stream: str, seqs: list[int], last: int) -> StaleSeq:
+    if seqs[-1] > last:
+        why = f"seqs {seqs[0]}..{seqs[-1]} mix readings already applied and new ones"
+    elif len(seqs) == 1:
+        why = f"seq {seqs[0]} was applied already and its result is no longer held"
+    else:
+        why = (
+            f"seqs {seqs[0]}..{seqs[-1]} were applied already and their results are no longer held"
+        )
+    return StaleSeq(
+        f"stream {stream!r}: {why}; its last applied seq is {last}: send seqs above it",
+        current_seq=last,
+    )

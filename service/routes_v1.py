@@ -1,0 +1,197 @@
+"""The native REST API under /v1: thin handlers that validate, enqueue and await the batcher.
+
+No handler writes stream state; only the batcher does, so a client that goes away mid-request can
+never leave half a write. Reads (GET state) and ending a stream (DELETE) go to Redis directly: both
+are single atomic commands, and a batch racing with a DELETE loses its compare-and-set and starts
+the stream's next generation instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .app_keys import BATCHER, MODELS, SETTINGS, STORE
+from .errors import InvalidRequest, ModelNotFound, PayloadTooLarge, ServiceError, StreamNotFound
+from .model import ServedModel
+from .plan import Unit, UnitResult
+from .state_store import StreamState
+from .wire import (
+    check_stream_id,
+    error_json,
+    parse_body,
+    parse_bulk_item,
+    parse_stream_readings,
+    state_json,
+    unit_json,
+)
+
+__all__ = ["add_routes", "default_model_name", "json_response"]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def default_model_name(app: web.Application) -> str | None:
+    """The model the short paths address: the only one served, or ``--default-model``."""
+    models = app[MODELS]
+    if app[SETTINGS].default_model is not None:
+        return app[SETTINGS].default_model
+    return next(iter(models)) if len(models) == 1 else None
+
+
+def _model(request: web.Request) -> ServedModel:
+    models = request.app[MODELS]
+    name = request.match_info.get("model")
+    if name is None:
+        name = default_model_name(request.app)
+        if name is None:
+            raise ModelNotFound(
+                f"{len(models)} models are served ({', '.join(sorted(models))}) and no default "
+                "is set: use /v1/models/{model}/... or start with --default-model"
+            )
+    model = models.get(name)
+    if model is None:
+        raise ModelNotFound(
+            f"no model named {name!r} is served; served: {', '.join(sorted(models))}"
+        )
+    return model
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].body_max_bytes
+        raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes") from None
+    return parse_body(raw)
+
+
+async def _await_units(units: list[Unit]) -> None:
+    # shield: if the client goes away, the queued step still happens and is answered into the void;
+    # a retry with the same seq then gets the stored result.
+    await asyncio.shield(asyncio.gather(*(u.future for u in units), return_exceptions=True))
+
+
+async def post_readings(request: web.Request) -> web.Response:
+    model = _model(request)
+    stream = check_stream_id(request.match_info["stream"])
+    data = await _body(request)
+    readings = parse_stream_readings(data, model, request.app[SETTINGS].request_max_readings)
+    unit = Unit(model, stream, readings, asyncio.get_running_loop().create_future())
+    request.app[BATCHER].submit([unit])
+    await _await_units([unit])
+    result: UnitResult = unit.future.result()  # raises the unit's ServiceError, if any
+    body = {"model": model.name, "model_version": model.version, "stream": stream}
+    body.update(unit_json(result))
+    return json_response(body)
+
+
+async def post_bulk(request: web.Request) -> web.Response:
+    model = _model(request)
+    data = await _body(request)
+    settings = request.app[SETTINGS]
+    items = data.get("readings")
+    if set(data) != {"readings"} or not isinstance(items, list) or not items:
+        raise InvalidRequest(
+            'the body must be {"readings": [{"stream": ..., "values": [...], "seq": ...}, ...]}'
+        )
+    loop = asyncio.get_running_loop()
+    slots: list[Unit | ServiceError] = []
+    total = 0
+    for index, item in enumerate(items):
+        try:
+            stream, readings = parse_bulk_item(item, index, model, settings.request_max_readings)
+        except ServiceError as exc:
+            slots.append(exc)
+            continue
+        total += len(readings)
+        slots.append(Unit(model, stream, readings, loop.create_future()))
+    if total > settings.request_max_readings:
+        raise PayloadTooLarge(
+            f"the request has {total} readings; the limit per request is "
+            f"{settings.request_max_readings}"
+        )
+    units = [s for s in slots if isinstance(s, Unit)]
+    request.app[BATCHER].submit(units)
+    await _await_units(units)
+    results: list[dict[str, Any]] = []
+    for index, slot in enumerate(slots):
+        stream = slot.stream if isinstance(slot, Unit) else _item_stream(items[index])
+        entry: dict[str, Any] = {"stream": stream}
+        if isinstance(slot, ServiceError):
+            entry.update(error_json(slot))
+        else:
+            failure = slot.future.exception()
+            if failure is None:
+                entry.update(unit_json(slot.future.result()))
+            elif isinstance(failure, ServiceError):
+                entry.update(error_json(failure))
+            else:
+                raise failure
+        results.append(entry)
+    return json_response({"model": model.name, "model_version": model.version, "results": results})
+
+
+def _item_stream(item: object) -> Any:
+    return item.get("stream") if isinstance(item, dict) else None
+
+
+async def get_stream(request: web.Request) -> web.Response:
+    model = _model(request)
+    stream = check_stream_id(request.match_info["stream"])
+    store = request.app[STORE]
+    raw, pttl = await store.get(store.state_key(model.name, stream))
+    if raw is None:
+        raise StreamNotFound(_no_stream(model, stream))
+    state = StreamState.decode(raw, model.version, model.state_shape, model.output_size)
+    return json_response(state_json(model, stream, state, pttl, time.time()))
+
+
+async def delete_stream(request: web.Request) -> web.Response:
+    model = _model(request)
+    stream = check_stream_id(request.match_info["stream"])
+    store = request.app[STORE]
+    if not await store.delete(store.state_key(model.name, stream)):
+        raise StreamNotFound(_no_stream(model, stream))
+    return web.Response(status=204)
+
+
+def _no_stream(model: ServedModel, stream: str) -> str:
+    return (
+        f"model {model.name} has no state for stream {stream!r} (never started, ended, or "
+        "expired); its next reading starts it"
+    )
+
+
+async def list_models(request: web.Request) -> web.Response:
+    models = request.app[MODELS]
+    return json_response(
+        {
+            "models": [m.describe() for m in models.values()],
+            "default_model": default_model_name(request.app),
+        }
+    )
+
+
+async def get_model(request: web.Request) -> web.Response:
+    return json_response(_model(request).describe())
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in ("/v1/models/{model}", "/v1"):
+        app.router.add_post(prefix + "/streams/{stream}/readings", post_readings)
+        app.router.add_post(prefix + "/readings", post_bulk)
+        app.router.add_get(prefix + "/streams/{stream}", get_stream)
+        app.router.add_delete(prefix + "/streams/{stream}", delete_stream)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", get_model)

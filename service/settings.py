@@ -1,0 +1,337 @@
+"""The service's settings: one frozen dataclass, built once at start-up from flags and environment.
+
+Every option is declared once in ``OPTIONS`` (flag, environment variable, default, parser, help);
+the command line, the environment and the README's configuration table are all derived from it.
+Precedence: flag, then environment variable, then default. A bad value raises ``SettingsError``
+naming the flag or variable, and the service does not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["OPTIONS", "Option", "Settings", "SettingsError", "build_parser", "load_settings"]
+
+
+class SettingsError(ValueError):
+    """A flag or environment variable has a value the service cannot run with."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number between 0 and 65535")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _non_negative_seconds(text)
+    if value == 0:
+        raise ValueError("must be a number of seconds greater than 0")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _model_dirs(text: str) -> tuple[Path, ...]:
+    # The environment variable holds several directories separated by commas.
+    return tuple(Path(part.strip()) for part in text.split(",") if part.strip())
+
+
+def _redis_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("names no host")
+    return text
+
+
+def _key_prefix(text: str) -> str:
+    if not text or any(ch in text for ch in "{}") or len(text) > 32:
+        raise ValueError("must be 1 to 32 characters without braces")
+    return text
+
+
+def _text(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its dataclass field, flag, environment variable, default and parser."""
+
+    field: str
+    flag: str
+    env: str
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = "VALUE"
+    repeatable: bool = False
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "--host", "LSTM_HOST", "127.0.0.1", _text, "address to listen on", "ADDR"),
+    Option("port", "--port", "LSTM_PORT", "8080", _port, "port to listen on", "PORT"),
+    Option(
+        "models",
+        "--model",
+        "LSTM_MODELS",
+        None,
+        _model_dirs,
+        "model directory to serve (model.onnx + model.json); repeat the flag for several, "
+        "or separate them with commas in the variable; none: the bundled demo model",
+        "DIR",
+        repeatable=True,
+    ),
+    Option(
+        "default_model",
+        "--default-model",
+        "LSTM_DEFAULT_MODEL",
+        None,
+        _text,
+        "model that the short paths (/v1/streams/...) address; needed only with several models",
+        "NAME",
+    ),
+    Option(
+        "redis_url",
+        "--redis-url",
+        "REDIS_URL",
+        None,
+        _redis_url,
+        "Redis to keep state in (redis://, rediss://, unix://; a password is allowed and never "
+        "logged); none: start a private redis-server",
+        "URL",
+    ),
+    Option(
+        "redis_dir",
+        "--redis-dir",
+        "LSTM_REDIS_DIR",
+        None,
+        Path,
+        "data directory of the private redis-server (append-only file on, kept across runs); "
+        "none: a temporary directory removed on exit",
+        "DIR",
+    ),
+    Option(
+        "redis_timeout_s",
+        "--redis-timeout-s",
+        "LSTM_REDIS_TIMEOUT_S",
+        "2",
+        _positive_seconds,
+        "seconds to wait for Redis before answering 503 redis_unavailable",
+        "SECONDS",
+    ),
+    Option(
+        "state_ttl_s",
+        "--state-ttl-s",
+        "LSTM_STATE_TTL_S",
+        "604800",
+        _non_negative_seconds,
+        "a stream idle this long expires (its next reading starts a new generation); 0: never",
+        "SECONDS",
+    ),
+    Option(
+        "on_version_mismatch",
+        "--on-version-mismatch",
+        "LSTM_ON_VERSION_MISMATCH",
+        "refuse",
+        _choice("refuse", "reset"),
+        "a stream whose state another model version wrote: refuse (409 model_version_mismatch) "
+        "or reset (new generation from zero state)",
+        "MODE",
+    ),
+    Option(
+        "batch_max_readings",
+        "--batch-max-readings",
+        "LSTM_BATCH_MAX_READINGS",
+        "1024",
+        _positive_int,
+        "most readings taken into one batch (one Redis read, one inference, one Redis write)",
+        "N",
+    ),
+    Option(
+        "queue_max_readings",
+        "--queue-max-readings",
+        "LSTM_QUEUE_MAX_READINGS",
+        "16384",
+        _positive_int,
+        "readings waiting beyond this answer 503 overloaded",
+        "N",
+    ),
+    Option(
+        "request_max_readings",
+        "--request-max-readings",
+        "LSTM_REQUEST_MAX_READINGS",
+        "2000",
+        _positive_int,
+        "most readings in one request (413 payload_too_large beyond)",
+        "N",
+    ),
+    Option(
+        "body_max_bytes",
+        "--body-max-bytes",
+        "LSTM_BODY_MAX_BYTES",
+        "1048576",
+        _positive_int,
+        "largest request body accepted (413 payload_too_large beyond)",
+        "BYTES",
+    ),
+    Option(
+        "retry_after_s",
+        "--retry-after-s",
+        "LSTM_RETRY_AFTER_S",
+        "1",
+        _positive_int,
+        "Retry-After value sent with 503 answers",
+        "SECONDS",
+    ),
+    Option(
+        "inference_threads",
+        "--inference-threads",
+        "LSTM_INFERENCE_THREADS",
+        "1",
+        _positive_int,
+        "onnxruntime intra-op threads per model",
+        "N",
+    ),
+    Option(
+        "key_prefix",
+        "--key-prefix",
+        "LSTM_KEY_PREFIX",
+        "lstm",
+        _key_prefix,
+        "prefix of every Redis key, so deployments can share one Redis",
+        "PREFIX",
+    ),
+    Option(
+        "log_level",
+        "--log-level",
+        "LSTM_LOG_LEVEL",
+        "info",
+        _choice("debug", "info", "warning", "error"),
+        "log level",
+        "LEVEL",
+    ),
+)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{user}:***@{host}{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service is configured with; units are in the names."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    models: tuple[Path, ...] = ()
+    default_model: str | None = None
+    # repr=False: the URL may carry a password; use redis_url_redacted in messages.
+    redis_url: str | None = field(default=None, repr=False)
+    redis_dir: Path | None = None
+    redis_timeout_s: float = 2.0
+    state_ttl_s: float = 604800.0
+    on_version_mismatch: str = "refuse"
+    batch_max_readings: int = 1024
+    queue_max_readings: int = 16384
+    request_max_readings: int = 2000
+    body_max_bytes: int = 1048576
+    retry_after_s: int = 1
+    inference_threads: int = 1
+    key_prefix: str = "lstm"
+    log_level: str = "info"
+
+    @property
+    def redis_url_redacted(self) -> str | None:
+        return None if self.redis_url is None else redact_url(self.redis_url)
+
+    @property
+    def state_ttl_ms(self) -> int:
+        """TTL in whole milliseconds for Redis (0: never expire)."""
+        return round(self.state_ttl_s * 1000)
+
+
+def build_parser(prog: str = "lstm-serve") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve exported LSTM models: per-stream state in Redis, one step per reading.",
+        epilog="Every flag also reads the environment variable named in its help.",
+    )
+    for opt in OPTIONS:
+        default_note = f" (default: {opt.default})" if opt.default is not None else ""
+        parser.add_argument(
+            opt.flag,
+            dest=opt.field,
+            metavar=opt.metavar,
+            action="append" if opt.repeatable else "store",
+            default=None,
+            help=f"{opt.help}{default_note}; env {opt.env}",
+        )
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from ``argv`` (flags) and ``environ``; raises SettingsError naming a bad value."""
+    env = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        given = getattr(args, opt.field)
+        if given is not None:
+            source = opt.flag
+            raw = ",".join(given) if opt.repeatable else given
+        elif env.get(opt.env, "").strip():
+            source, raw = opt.env, env[opt.env]
+        elif opt.default is not None:
+            source, raw = f"the default of {opt.flag}", opt.default
+        else:
+            continue
+        try:
+            values[opt.field] = opt.parse(raw.strip())
+        except ValueError as exc:
+            shown = redact_url(raw) if opt.field == "redis_url" else raw
+            reason = str(exc) if "invalid literal" not in str(exc) else "is not a number"
+            raise SettingsError(f"{source}={shown!r}: {reason}") from None
+    return Settings(**values)
