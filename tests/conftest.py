@@ -7,14 +7,20 @@ import os
 # Must be set before anything imports keras.
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-from collections.abc import Callable
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from service_harness import RedisServer, ServiceProcess
 
 from model_export import Scaling
+from model_export.reference import run
+from model_export.sources import load
 
 
 def random_scaling(rng: np.random.Generator, inputs: int, outputs: int) -> Scaling:
@@ -93,3 +99,96 @@ def saved_npz(tmp_path: Path, torch_model: Callable[..., TorchForecaster]) -> Ca
         return path
 
     return save
+
+
+# -- the service: real redis-server processes, real service processes, real HTTP ----------------
+
+DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "model_export" / "demo_weights"
+DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "service" / "demo_model"
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server shared by a test module (tests use their own stream ids)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+    """Fresh redis-servers for tests that kill, restart or inspect one."""
+    servers: list[RedisServer] = []
+
+    def make() -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(servers)}").start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def service(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """The service on the bundled demo model, shared by a test module."""
+    proc = ServiceProcess(tmp_path_factory.mktemp("logs"), env={"REDIS_URL": redis_server.url})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start service processes with given flags and environment; all stopped afterwards."""
+    procs: list[ServiceProcess] = []
+
+    def make(*args: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        proc = ServiceProcess(tmp_path, list(args), env)
+        procs.append(proc)
+        return proc.start()
+
+    yield make
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def stream_id(request: pytest.FixtureRequest) -> str:
+    """A stream id unique to the test, so tests can share a Redis."""
+    return re.sub(r"[^A-Za-z0-9._:-]", "-", request.node.name)[:100] + "-" + uuid.uuid4().hex[:8]
+
+
+class DemoReference:
+    """The exporter's float64 reference for the bundled demo model."""
+
+    def __init__(self) -> None:
+        self.weights = load(DEMO_WEIGHTS_DIR / "elnino.npz").weights
+        self.scaling = Scaling.from_dict(
+            json.loads((DEMO_WEIGHTS_DIR / "elnino.scaling.json").read_text()), 1, 1
+        )
+        self.meta = json.loads((DEMO_MODEL_DIR / "model.json").read_text())
+        self.tolerance = 1e-4 * max(1.0, float(self.meta["scaling"]["output_std"][0]))
+
+    def predictions(self, values: list[float]) -> np.ndarray:
+        """Predictions ``[T]`` for one stream fed ``values`` in order from zero state."""
+        x = np.asarray(values, np.float64).reshape(-1, 1, 1)
+        zeros = np.zeros((self.weights.num_layers, 1, self.weights.hidden_size))
+        y, _, _ = run(self.weights, self.scaling, x, zeros, zeros)
+        return np.asarray(y[:, 0, 0])
+
+
+@pytest.fixture(scope="session")
+def demo_reference() -> DemoReference:
+    return DemoReference()
+
+
+def sea_temperatures(n: int, seed: int = 0) -> list[float]:
+    """Plausible monthly sea surface temperatures (degC): a seasonal cycle plus noise."""
+    rng = np.random.default_rng(seed)
+    months = np.arange(n)
+    series = 23 + 2.5 * np.sin(2 * np.pi * months / 12) + rng.normal(0, 0.6, n)
+    return [round(float(v), 3) for v in series]

@@ -1,0 +1,177 @@
+"""Real processes for the service tests: redis-server on a free port in a temporary directory, the
+service itself (``python -m service``), and a small HTTP client that returns status, headers and
+JSON without raising on 4xx/5xx."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A private redis-server; ``kill`` and ``start`` again keep its port and its data."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        # appendfsync always: a SIGKILL loses nothing that was acknowledged, so a test can tell
+        # the service's guarantees apart from Redis's own durability window.
+        args = [
+            "redis-server",
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--save", "",
+            "--logfile", "redis.log",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_timeout=0.5).ping()
+                return self
+            except redis.RedisError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@dataclass
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: Any  # parsed JSON, or the raw text when it is not JSON, or None when empty
+
+
+def call(
+    method: str,
+    url: str,
+    body: Any = None,
+    raw: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 30,
+) -> Response:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            status, got_headers, payload = answer.status, answer.headers, answer.read()
+    except urllib.error.HTTPError as exc:
+        status, got_headers, payload = exc.code, exc.headers, exc.read()
+    text = payload.decode()
+    try:
+        parsed = json.loads(text) if text else None
+    except ValueError:
+        parsed = text
+    return Response(status, dict(got_headers.items()), parsed)
+
+
+class ServiceProcess:
+    """``python -m service`` on a free port; its log is kept for failing tests to show."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        args: list[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.args = args or []
+        # Nothing from the outer environment configures the service: only what the test says.
+        inherited = {
+            k: v for k, v in os.environ.items() if not k.startswith("LSTM_") and k != "REDIS_URL"
+        }
+        self.env = {**inherited, **(env or {})}
+        self.log_path = log_dir / f"service-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30) -> ServiceProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service", "--port", str(self.port), *self.args],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the service exited at start-up:\n{self.log()}")
+            try:
+                if call("GET", self.url + "/healthz", timeout=1).status == 200:
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the service did not start:\n{self.log()}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
