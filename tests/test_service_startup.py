@@ -1,0 +1,168 @@
+"""Starting the service: settings from flags and environment, bad values named at start-up, the
+private redis-server of the no-configuration default, several models and the short paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+from service_harness import ROOT, RedisServer, ServiceProcess, call
+
+from service.settings import OPTIONS, Settings, SettingsError, load_settings
+
+
+def test_defaults() -> None:
+    settings = load_settings([], {})
+    assert settings == Settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.redis_url is None and settings.models == ()
+
+
+def test_flags_win_over_environment_and_environment_over_defaults() -> None:
+    env = {"LSTM_PORT": "9000", "LSTM_STATE_TTL_S": "60", "LSTM_MODELS": "a, b"}
+    settings = load_settings(["--port", "9100", "--model", "c"], env)
+    assert settings.port == 9100  # flag
+    assert settings.state_ttl_s == 60.0 and settings.state_ttl_ms == 60000  # environment
+    assert settings.models == (Path("c"),)  # the flag replaces the variable
+    assert load_settings([], env).models == (Path("a"), Path("b"))
+    assert load_settings(["--model", "x", "--model", "y"], {}).models == (Path("x"), Path("y"))
+
+
+def test_every_option_has_a_flag_and_an_lstm_variable() -> None:
+    fields = set(Settings.__dataclass_fields__)
+    assert {o.field for o in OPTIONS} == fields
+    for option in OPTIONS:
+        assert option.flag.startswith("--")
+        assert option.env.startswith("LSTM_") or option.env == "REDIS_URL"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"LSTM_PORT": "eighty"}, "LSTM_PORT"),
+        ({"LSTM_PORT": "70000"}, "LSTM_PORT"),
+        ({"LSTM_STATE_TTL_S": "-1"}, "LSTM_STATE_TTL_S"),
+        ({"LSTM_STATE_TTL_S": "nan"}, "LSTM_STATE_TTL_S"),
+        ({"LSTM_REDIS_TIMEOUT_S": "0"}, "LSTM_REDIS_TIMEOUT_S"),
+        ({"LSTM_ON_VERSION_MISMATCH": "ignore"}, "LSTM_ON_VERSION_MISMATCH"),
+        ({"LSTM_BATCH_MAX_READINGS": "0"}, "LSTM_BATCH_MAX_READINGS"),
+        ({"LSTM_KEY_PREFIX": "a{b}"}, "LSTM_KEY_PREFIX"),
+        ({"REDIS_URL": "http://example:6379"}, "REDIS_URL"),
+    ],
+)
+def test_a_bad_value_is_named(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        load_settings([], env)
+
+
+def test_the_redis_password_is_never_shown() -> None:
+    settings = load_settings([], {"REDIS_URL": "redis://app:s3cret@cache:6379/2"})
+    assert "s3cret" not in repr(settings)
+    assert settings.redis_url_redacted == "redis://app:***@cache:6379/2"
+    with pytest.raises(SettingsError) as caught:
+        load_settings([], {"REDIS_URL": "http://app:s3cret@cache:6379"})
+    assert "s3cret" not in str(caught.value)
+
+
+def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_bad_start_up_values_stop_the_service_with_one_line() -> None:
+    bad_flag = _run_cli("--batch-max-readings", "lots")
+    assert bad_flag.returncode == 2
+    assert bad_flag.stderr.strip() == ("lstm-serve: --batch-max-readings='lots': is not a number")
+    bad_env = _run_cli(env={"LSTM_ON_VERSION_MISMATCH": "sometimes"})
+    assert bad_env.returncode == 2
+    assert "LSTM_ON_VERSION_MISMATCH='sometimes': must be one of refuse, reset" in bad_env.stderr
+
+
+def test_a_bad_model_directory_stops_the_service(tmp_path: Path) -> None:
+    missing = _run_cli("--model", str(tmp_path))
+    assert missing.returncode == 1
+    assert "no model.json here" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "model.json").write_text("{not json")
+    broken = _run_cli("--model", str(tmp_path))
+    assert broken.returncode == 1 and "cannot be read as JSON" in broken.stderr
+    unknown_default = _run_cli("--default-model", "nope")
+    assert unknown_default.returncode == 1 and "'nope' is not among" in unknown_default.stderr
+
+
+def test_without_redis_url_a_private_redis_server_runs_and_is_stopped(
+    service_factory: Callable[..., ServiceProcess], tmp_path: Path
+) -> None:
+    service = service_factory("--redis-dir", str(tmp_path / "data"))
+    answer = call("POST", f"{service.url}/v1/streams/s1/readings", {"values": [24.0]})
+    assert answer.status == 200
+    socket_path = tmp_path / "data" / "redis.sock"
+    assert socket_path.exists()
+    assert redis.Redis(unix_socket_path=str(socket_path)).dbsize() == 1
+    assert service.stop() == 0
+    assert not socket_path.exists()  # the private redis-server was stopped on exit
+    # Its data directory was given, so the state survives a restart.
+    again = service_factory("--redis-dir", str(tmp_path / "data"))
+    state = call("GET", f"{again.url}/v1/streams/s1")
+    assert state.status == 200 and state.body["seq"] == 1
+
+
+def test_the_default_private_redis_leaves_nothing_behind(
+    service_factory: Callable[..., ServiceProcess], tmp_path: Path
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    service = service_factory(env={"TMPDIR": str(scratch)})
+    assert call("POST", f"{service.url}/v1/streams/s1/readings", {"values": [24.0]}).status == 200
+    assert len(list(scratch.glob("lstm-serve-redis-*"))) == 1
+    assert service.stop() == 0
+    assert not list(scratch.glob("lstm-serve-redis-*"))
+
+
+@pytest.fixture(scope="module")
+def second_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model copied under another name."""
+    src = ROOT / "service" / "demo_model"
+    out = tmp_path_factory.mktemp("models") / "sst2"
+    out.mkdir()
+    meta = json.loads((src / "model.json").read_text())
+    meta["name"] = "sst2"
+    (out / "model.json").write_text(json.dumps(meta))
+    (out / "model.onnx").write_bytes((src / "model.onnx").read_bytes())
+    return out
+
+
+def test_several_models_and_the_default_model(
+    redis_server: RedisServer,
+    service_factory: Callable[..., ServiceProcess],
+    second_model: Path,
+) -> None:
+    env = {"REDIS_URL": redis_server.url}
+    demo = str(ROOT / "service" / "demo_model")
+    both = service_factory("--model", demo, "--model", str(second_model), env=env)
+    names = [m["name"] for m in call("GET", both.url + "/v1/models").body["models"]]
+    assert names == ["elnino", "sst2"]
+    short = call("POST", both.url + "/v1/streams/m1/readings", {"values": [24.0]})
+    assert short.status == 404 and short.body["error"]["code"] == "model_not_found"
+    assert "--default-model" in short.body["error"]["message"]
+    a = call("POST", both.url + "/v1/models/elnino/streams/m1/readings", {"values": [24.0]})
+    b = call("POST", both.url + "/v1/models/sst2/streams/m1/readings", {"values": [24.0]})
+    # One stream id under two models is two streams.
+    assert a.body["results"][0]["seq"] == b.body["results"][0]["seq"] == 1
+
+    chosen = service_factory(
+        "--model", demo, "--model", str(second_model), "--default-model", "sst2", env=env
+    )
+    short = call("POST", chosen.url + "/v1/streams/m1/readings", {"values": [25.0]})
+    assert short.status == 200 and short.body["model"] == "sst2"
+    assert short.body["results"][0]["seq"] == 2
