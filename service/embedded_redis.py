@@ -8,7 +8,6 @@ uses a temporary one and removes it afterwards.
 from __future__ import annotations
 
 import contextlib
-import logging
 import shutil
 import subprocess
 import tempfile
@@ -16,8 +15,6 @@ import time
 from pathlib import Path
 
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_redis_server"]
-
-log = logging.getLogger(__name__)
 
 # A Unix socket path must fit in sun_path (108 bytes on Linux, with the NUL).
 _MAX_SOCKET_PATH = 100
@@ -91,7 +88,6 @@ class EmbeddedRedis:
                 self.stop()
                 raise EmbeddedRedisError(f"redis-server did not start within {timeout_s:.0f} s")
             time.sleep(0.02)
-        log.info("started a private redis-server", extra={"redis_dir": str(self.data_dir)})
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["OPTIONS", "Option", "Settings", "SettingsError", "build_parser", "load_settings"]
+__all__ = [
+    "OPTIONS",
+    "Option",
+    "Settings",
+    "SettingsError",
+    "build_parser",
+    "load_settings",
+    "markdown_table",
+]
 
 
 class SettingsError(ValueError):
@@ -334,4 +342,28 @@ def load_settings(
             shown = redact_url(raw) if opt.field == "redis_url" else raw
             reason = str(exc) if "invalid literal" not in str(exc) else "is not a number"
             raise SettingsError(f"{source}={shown!r}: {reason}") from None
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.request_max_readings > settings.queue_max_readings:
+        raise SettingsError(
+            f"--request-max-readings ({settings.request_max_readings}) is above "
+            f"--queue-max-readings ({settings.queue_max_readings}): such a request could never "
+            "be queued"
+        )
+    return settings
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from ``OPTIONS``."""
+    lines = [
+        "| flag | environment variable | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for opt in OPTIONS:
+        default = "—" if opt.default is None else f"`{opt.default}`"
+        flag = f"`{opt.flag} {opt.metavar}`"
+        lines.append(f"| {flag} | `{opt.env}` | {default} | {opt.help} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

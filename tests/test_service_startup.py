@@ -13,7 +13,7 @@ import pytest
 import redis
 from service_harness import ROOT, RedisServer, ServiceProcess, call
 
-from service.settings import OPTIONS, Settings, SettingsError, load_settings
+from service.settings import OPTIONS, Settings, SettingsError, load_settings, markdown_table
 
 
 def test_defaults() -> None:
@@ -166,3 +166,13 @@ def test_several_models_and_the_default_model(
     short = call("POST", chosen.url + "/v1/streams/m1/readings", {"values": [25.0]})
     assert short.status == 200 and short.body["model"] == "sst2"
     assert short.body["results"][0]["seq"] == 2
+
+
+def test_the_readme_configuration_table_is_the_settings_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table() in readme, "regenerate it with: python -m service.settings"
+
+
+def test_request_limit_above_queue_limit_is_refused() -> None:
+    with pytest.raises(SettingsError, match="could never be queued"):
+        load_settings(["--request-max-readings", "100", "--queue-max-readings", "50"], {})
