@@ -211,3 +211,33 @@ def test_state_of_another_model_version_is_reset_when_configured(
     # The old version's service now sees the new version's state: refused, never mixed.
     back = call("POST", service.url + base + "/readings", {"values": [24.0]})
     assert back.status == 409 and back.body["error"]["code"] == "model_version_mismatch"
+
+
+def test_a_full_queue_answers_503_overloaded_and_applies_only_what_it_answered(
+    redis_server: RedisServer, service_factory: Callable[..., ServiceProcess], stream_id: str
+) -> None:
+    service = service_factory(
+        "--queue-max-readings", "4", "--request-max-readings", "4",
+        env={"REDIS_URL": redis_server.url},
+    )  # fmt: skip
+
+    async def flood() -> list[tuple[int, dict[str, str], dict]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=300)) as session:
+
+            async def one(k: int) -> tuple[int, dict[str, str], dict]:
+                url = f"{service.url}/v1/streams/{stream_id}-{k}/readings"
+                async with session.post(url, json={"values": [24.0]}) as r:
+                    return r.status, dict(r.headers), await r.json()
+
+            return await asyncio.gather(*(one(k) for k in range(300)))
+
+    answers = asyncio.run(flood())
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) == {200, 503}, set(statuses)
+    for k, (status, headers, body) in enumerate(answers):
+        state = call("GET", f"{service.url}/v1/streams/{stream_id}-{k}")
+        if status == 503:
+            assert body["error"]["code"] == "overloaded" and headers["Retry-After"] == "1"
+            assert state.status == 404  # refused readings were not applied
+        else:
+            assert state.status == 200 and state.body["seq"] == 1
