@@ -124,6 +124,7 @@ def main() -> int:
         ]  # fmt: skip
         if args.warmup:
             subprocess.run([*wrk[:1], "-d", f"{args.warmup}s", *wrk[1:]], capture_output=True)
+            time.sleep(1)  # let the warm-up's last requests finish before counting
         applied_before = _applied(base)
         out = subprocess.run(
             [*wrk[:1], "-d", f"{args.duration}s", *wrk[1:]],
@@ -131,6 +132,7 @@ def main() -> int:
             text=True,
             check=True,
         ).stdout
+        time.sleep(1)
         applied = _applied(base) - applied_before
         result = dict(re.findall(r"(\w+)=(\d+)", out.split("RESULT", 1)[1]))
         latency = dict(re.findall(r"LATENCY p([\d.]+)=(\d+)", out))
