@@ -77,8 +77,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 async def _await_units(units: list[Unit]) -> None:
-    # shield: if the client goes away, the queued step still happens and is answered into the void;
-    # a retry with the same seq then gets the stored result.
+    # shielded for the same reason as in post_readings
     await asyncio.shield(asyncio.gather(*(u.future for u in units), return_exceptions=True))
 
 
@@ -89,8 +88,9 @@ async def post_readings(request: web.Request) -> web.Response:
     readings = parse_stream_readings(data, model, request.app[SETTINGS].request_max_readings)
     unit = Unit(model, stream, readings, asyncio.get_running_loop().create_future())
     request.app[BATCHER].submit([unit])
-    await _await_units([unit])
-    result: UnitResult = unit.future.result()  # raises the unit's ServiceError, if any
+    # shield: if the client goes away, the queued step still happens (answered into the void), and
+    # a retry with the same seq gets its stored result. Raises the unit's ServiceError, if any.
+    result: UnitResult = await asyncio.shield(unit.future)
     body = {"model": model.name, "model_version": model.version, "stream": stream}
     body.update(unit_json(result))
     return json_response(body)
