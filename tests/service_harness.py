@@ -33,15 +33,17 @@ def free_port() -> int:
 class RedisServer:
     """A private redis-server; ``kill`` and ``start`` again keep its port and its data."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.directory = directory
+        self.password = password
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         # appendfsync always: a SIGKILL loses nothing that was acknowledged, so a test can tell
@@ -55,20 +57,21 @@ class RedisServer:
             "--appendfsync", "always",
             "--save", "",
             "--logfile", "redis.log",
+            *(["--requirepass", self.password] if self.password else []),
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
             try:
-                redis.Redis(port=self.port, socket_timeout=0.5).ping()
+                self.client(socket_timeout=0.5).ping()
                 return self
             except redis.RedisError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.02)
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(port=self.port, password=self.password, **kwargs)
 
     def kill(self) -> None:
         if self.process is not None:

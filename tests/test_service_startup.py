@@ -176,3 +176,21 @@ def test_the_readme_configuration_table_is_the_settings_table() -> None:
 def test_request_limit_above_queue_limit_is_refused() -> None:
     with pytest.raises(SettingsError, match="could never be queued"):
         load_settings(["--request-max-readings", "100", "--queue-max-readings", "50"], {})
+
+
+def test_a_password_protected_redis_works_and_the_password_is_never_logged(
+    tmp_path: Path, service_factory: Callable[..., ServiceProcess]
+) -> None:
+    secret = "pw-" + "x7Kq9" * 4
+    server = RedisServer(tmp_path / "locked", password=secret).start()
+    try:
+        service = service_factory("--log-level", "debug", env={"REDIS_URL": server.url})
+        answer = call("POST", f"{service.url}/v1/streams/s1/readings", {"values": [24.0]})
+        assert answer.status == 200
+        assert server.client().dbsize() == 1
+        service.stop()
+        log = service.log()
+        assert "Redis: redis://:***@127.0.0.1" in log
+        assert secret not in log
+    finally:
+        server.stop()
