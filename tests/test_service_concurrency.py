@@ -117,3 +117,49 @@ def test_many_streams_at_once_match_each_stream_alone(
     for s in range(streams):
         expected = demo_reference.predictions(series[s])
         assert np.abs(np.array(results[s]) - expected).max() < demo_reference.tolerance
+
+
+@pytest.mark.slow
+def test_ending_a_stream_while_it_is_being_fed_splits_it_into_two_whole_generations(
+    two_services: list[ServiceProcess], stream_id: str, demo_reference: DemoReference
+) -> None:
+    n = 300
+    values = sea_temperatures(n, seed=4)
+    state_url = f"{two_services[0].url}/v1/models/elnino/streams/{stream_id}"
+
+    async def feed_and_end() -> list[tuple[int, dict[str, Any]]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as session:
+
+            async def one(k: int) -> tuple[int, dict[str, Any]]:
+                url = f"{two_services[k % 2].url}/v1/models/elnino/streams/{stream_id}/readings"
+                async with session.post(url, json={"values": [values[k]]}) as answer:
+                    return answer.status, await answer.json()
+
+            async def end() -> None:
+                async with aiohttp.ClientSession() as own, own.delete(state_url) as answer:
+                    assert answer.status == 204
+
+            # A third before the end, a third racing with it, a third after it.
+            before = await asyncio.gather(*(one(k) for k in range(n // 3)))
+            *racing, _ = await asyncio.gather(*(one(k) for k in range(n // 3, 2 * n // 3)), end())
+            after = await asyncio.gather(*(one(k) for k in range(2 * n // 3, n)))
+            return [*before, *racing, *after]
+
+    answers = asyncio.run(feed_and_end())
+    assert all(status == 200 for status, _ in answers)
+    generations: dict[int, list[tuple[int, float, float]]] = {}
+    for (_, body), v in zip(answers, values, strict=True):
+        result = body["results"][0]
+        generations.setdefault(body["generation"], []).append(
+            (result["seq"], v, result["prediction"][0])
+        )
+    assert len(generations) == 2  # the old life and the new one, each whole
+    for steps in generations.values():
+        steps.sort()
+        # Each generation is whole: seqs 1..k with no gap, and each prediction follows from
+        # exactly the readings before it in that generation, from zero state.
+        assert [s for s, _, _ in steps] == list(range(1, len(steps) + 1))
+        expected = demo_reference.predictions([v for _, v, _ in steps])
+        assert (
+            np.abs(np.array([p for _, _, p in steps]) - expected).max() < demo_reference.tolerance
+        )
