@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -241,3 +242,22 @@ def test_a_full_queue_answers_503_overloaded_and_applies_only_what_it_answered(
             assert state.status == 404  # refused readings were not applied
         else:
             assert state.status == 200 and state.body["seq"] == 1
+
+
+def test_a_client_that_hangs_up_still_gets_its_step_applied_once(
+    service: ServiceProcess, stream_id: str
+) -> None:
+    body = b'{"values": [24.0], "seq": 1}'
+    path = f"/v1/models/elnino/streams/{stream_id}/readings"
+    with socket.create_connection(("127.0.0.1", service.port)) as sock:
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        sock.sendall(head.encode() + body)
+    # The connection is gone before any answer. The step was accepted, so it is applied...
+    deadline = time.monotonic() + 5
+    while call("GET", f"{service.url}{path.removesuffix('/readings')}").status != 200:
+        assert time.monotonic() < deadline, "the hung-up request was never applied"
+        time.sleep(0.02)
+    # ...and the client's retry gets its result instead of a second step.
+    retry = call("POST", service.url + path, raw=body)
+    assert retry.status == 200 and retry.body["duplicate"] is True
+    assert call("GET", f"{service.url}{path.removesuffix('/readings')}").body["seq"] == 1
