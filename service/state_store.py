@@ -36,7 +36,15 @@ from redis.exceptions import NoScriptError, RedisError
 from .errors import RedisUnavailable
 from .metrics import Metrics
 
-__all__ = ["COMMIT_SCRIPT", "GUARD_BYTES", "StateStore", "StreamState", "Write", "encode_record"]
+__all__ = [
+    "COMMIT_SCRIPT",
+    "GUARD_BYTES",
+    "StateStore",
+    "StreamState",
+    "Write",
+    "encode_record",
+    "guard_of",
+]
 
 _HEAD = struct.Struct("<QQdIHB")
 GUARD_BYTES = 16
