@@ -127,23 +127,25 @@ def test_ending_a_stream_while_it_is_being_fed_splits_it_into_two_whole_generati
     values = sea_temperatures(n, seed=4)
     state_url = f"{two_services[0].url}/v1/models/elnino/streams/{stream_id}"
 
+    posts = [
+        (
+            f"{two_services[k % 2].url}/v1/models/elnino/streams/{stream_id}/readings",
+            {"values": [v]},
+        )
+        for k, v in enumerate(values)
+    ]
+
     async def feed_and_end() -> list[tuple[int, dict[str, Any]]]:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as session:
+        async def end() -> None:
+            async with aiohttp.ClientSession() as session, session.delete(state_url) as answer:
+                assert answer.status == 204
 
-            async def one(k: int) -> tuple[int, dict[str, Any]]:
-                url = f"{two_services[k % 2].url}/v1/models/elnino/streams/{stream_id}/readings"
-                async with session.post(url, json={"values": [values[k]]}) as answer:
-                    return answer.status, await answer.json()
-
-            async def end() -> None:
-                async with aiohttp.ClientSession() as own, own.delete(state_url) as answer:
-                    assert answer.status == 204
-
-            # A third before the end, a third racing with it, a third after it.
-            before = await asyncio.gather(*(one(k) for k in range(n // 3)))
-            *racing, _ = await asyncio.gather(*(one(k) for k in range(n // 3, 2 * n // 3)), end())
-            after = await asyncio.gather(*(one(k) for k in range(2 * n // 3, n)))
-            return [*before, *racing, *after]
+        # A third before the end, a third racing with it, a third after it.
+        third = n // 3
+        before = await _post_all(posts[:third], limit=50)
+        racing, _ = await asyncio.gather(_post_all(posts[third : 2 * third], limit=50), end())
+        after = await _post_all(posts[2 * third :], limit=50)
+        return [*before, *racing, *after]
 
     answers = asyncio.run(feed_and_end())
     assert all(status == 200 for status, _ in answers)
