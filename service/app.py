@@ -101,7 +101,11 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         embedded = EmbeddedRedis(settings.redis_dir)
         await asyncio.to_thread(embedded.start)
         url = embedded.url
-        log.info("Redis: a private redis-server in %s", embedded.data_dir)
+        log.info(
+            "Redis: a private redis-server on 127.0.0.1:%d, data in %s",
+            embedded.port,
+            embedded.data_dir,
+        )
     else:
         log.info("Redis: %s", settings.redis_url_redacted)
     timeout = settings.redis_timeout_s

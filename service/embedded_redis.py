@@ -1,23 +1,26 @@
 """A private ``redis-server`` for running without ``REDIS_URL``.
 
-It listens only on a Unix socket in its own directory (no TCP port to collide with), keeps an
-append-only file there, and is stopped when the service exits. With no data directory configured it
-uses a temporary one and removes it afterwards.
+It listens on a free port of 127.0.0.1 only, keeps an append-only file in its data directory, and
+is stopped when the service exits. With no data directory configured it uses a temporary one and
+removes it afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import redis
+
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_redis_server"]
 
-# A Unix socket path must fit in sun_path (108 bytes on Linux, with the NUL).
-_MAX_SOCKET_PATH = 100
+# Another program may take the free port between our probe and redis-server's bind: try again.
+_PORT_ATTEMPTS = 3
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -35,23 +38,25 @@ def find_redis_server() -> str:
     return found
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 class EmbeddedRedis:
     def __init__(self, data_dir: Path | None) -> None:
         self._owned_dir = data_dir is None
         self.data_dir = (
             Path(tempfile.mkdtemp(prefix="lstm-serve-redis-")) if data_dir is None else data_dir
         )
-        self._socket_dir: Path | None = None
+        self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
-    def socket_path(self) -> Path:
-        base = self._socket_dir or self.data_dir
-        return base / "redis.sock"
-
-    @property
     def url(self) -> str:
-        return f"unix://{self.socket_path}"
+        return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> None:
         binary = find_redis_server()
@@ -61,33 +66,47 @@ class EmbeddedRedis:
             raise EmbeddedRedisError(
                 f"cannot create the Redis directory {self.data_dir}: {exc}"
             ) from None
-        if len(str(self.data_dir.resolve() / "redis.sock")) > _MAX_SOCKET_PATH:
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="lstm-redis-"))
-        args = [
-            binary,
-            "--port", "0",
-            "--unixsocket", str(self.socket_path),
-            "--unixsocketperm", "700",
-            "--dir", str(self.data_dir.resolve()),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--logfile", "redis.log",
-            "--daemonize", "no",
-        ]  # fmt: skip
-        self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        for attempt in range(_PORT_ATTEMPTS):
+            self.port = _free_port()
+            args = [
+                binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.data_dir.resolve()),
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
+                "--save", "",
+                "--logfile", "redis.log",
+                "--daemonize", "no",
+            ]  # fmt: skip
+            self.process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            if self._wait_ready(timeout_s):
+                return
+            if attempt + 1 == _PORT_ATTEMPTS or self.process.poll() is None:
+                break
+        log_file = self.data_dir / "redis.log"
+        tail = log_file.read_text(errors="replace")[-500:].strip() if log_file.exists() else ""
+        self.stop()
+        raise EmbeddedRedisError(f"the private redis-server did not start: {tail or 'no log'}")
+
+    def _wait_ready(self, timeout_s: float) -> bool:
+        """True once it answers PING; False if it exited or did not answer in time."""
+        assert self.process is not None
+        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
-        while not self.socket_path.exists():
-            if self.process.poll() is not None:
-                log_file = self.data_dir / "redis.log"
-                tail = log_file.read_text(errors="replace")[-500:] if log_file.exists() else ""
-                raise EmbeddedRedisError(f"redis-server exited at start-up: {tail.strip()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise EmbeddedRedisError(f"redis-server did not start within {timeout_s:.0f} s")
-            time.sleep(0.02)
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    return False
+                with contextlib.suppress(redis.RedisError):
+                    if client.ping():
+                        return True
+                time.sleep(0.02)
+            return False
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -98,15 +117,5 @@ class EmbeddedRedis:
                 self.process.kill()
                 self.process.wait()
         self.process = None
-        if self._socket_dir is not None:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
         if self._owned_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> EmbeddedRedis:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()

@@ -4,6 +4,7 @@ private redis-server of the no-configuration default, several models and the sho
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -106,11 +107,14 @@ def test_without_redis_url_a_private_redis_server_runs_and_is_stopped(
     service = service_factory("--redis-dir", str(tmp_path / "data"))
     answer = call("POST", f"{service.url}/v1/streams/s1/readings", {"values": [24.0]})
     assert answer.status == 200
-    socket_path = tmp_path / "data" / "redis.sock"
-    assert socket_path.exists()
-    assert redis.Redis(unix_socket_path=str(socket_path)).dbsize() == 1
+    found = re.search(r"a private redis-server on 127\.0\.0\.1:(\d+), data in (.+)", service.log())
+    assert found is not None and Path(found.group(2)) == tmp_path / "data"
+    private = redis.Redis(port=int(found.group(1)))
+    assert private.dbsize() == 1 and private.config_get("appendonly") == {"appendonly": "yes"}
     assert service.stop() == 0
-    assert not socket_path.exists()  # the private redis-server was stopped on exit
+    with pytest.raises(redis.ConnectionError):  # stopped on exit
+        private.ping()
+    assert (tmp_path / "data" / "appendonlydir").is_dir()
     # Its data directory was given, so the state survives a restart.
     again = service_factory("--redis-dir", str(tmp_path / "data"))
     state = call("GET", f"{again.url}/v1/streams/s1")
