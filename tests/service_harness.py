@@ -33,9 +33,12 @@ def free_port() -> int:
 class RedisServer:
     """A private redis-server; ``kill`` and ``start`` again keep its port and its data."""
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, password: str | None = None, tls: dict[str, Path] | None = None
+    ) -> None:
         self.directory = directory
         self.password = password
+        self.tls = tls  # {"cert", "key", "ca"}: serve TLS only, on the port
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -43,14 +46,23 @@ class RedisServer:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}localhost:{self.port}/0?ssl_ca_certs={self.tls['ca']}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         # appendfsync always: a SIGKILL loses nothing that was acknowledged, so a test can tell
         # the service's guarantees apart from Redis's own durability window.
+        port_args = ["--port", str(self.port)]
+        if self.tls:
+            port_args = [
+                "--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+                "--tls-cert-file", str(self.tls["cert"]), "--tls-key-file", str(self.tls["key"]),
+                "--tls-ca-cert-file", str(self.tls["ca"]),
+            ]  # fmt: skip
         args = [
             "redis-server",
-            "--port", str(self.port),
+            *port_args,
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
             "--appendonly", "yes",
@@ -71,6 +83,8 @@ class RedisServer:
                 time.sleep(0.02)
 
     def client(self, **kwargs: Any) -> redis.Redis:
+        if self.tls:
+            return redis.Redis.from_url(self.url, **kwargs)
         return redis.Redis(port=self.port, password=self.password, **kwargs)
 
     def kill(self) -> None:

@@ -3,6 +3,7 @@ private redis-server of the no-configuration default, several models and the sho
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -196,5 +197,40 @@ def test_a_password_protected_redis_works_and_the_password_is_never_logged(
         log = service.log()
         assert "Redis: redis://:***@127.0.0.1" in log
         assert secret not in log
+    finally:
+        server.stop()
+
+
+def _certificates(directory: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for localhost, made with openssl."""
+    directory.mkdir()
+    run = functools.partial(subprocess.run, cwd=directory, check=True, capture_output=True)
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test CA"])  # fmt: skip
+    run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+         "-out", "server.csr", "-subj", "/CN=localhost"])  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run(["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-days", "1", "-out", "server.pem", "-extfile", "san.ext"])  # fmt: skip
+    return {
+        "cert": directory / "server.pem",
+        "key": directory / "server.key",
+        "ca": directory / "ca.pem",
+    }
+
+
+def test_rediss_urls_talk_tls(
+    tmp_path: Path, service_factory: Callable[..., ServiceProcess]
+) -> None:
+    server = RedisServer(tmp_path / "tls-redis", tls=_certificates(tmp_path / "certs")).start()
+    try:
+        assert server.url.startswith("rediss://localhost:")
+        service = service_factory(env={"REDIS_URL": server.url})
+        answer = call("POST", f"{service.url}/v1/streams/s1/readings", {"values": [24.0]})
+        assert answer.status == 200
+        assert server.client().dbsize() == 1
+        plain = redis.Redis(port=server.port, socket_timeout=1)
+        with pytest.raises(redis.ConnectionError):  # the port speaks TLS only
+            plain.ping()
     finally:
         server.stop()
