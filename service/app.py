@@ -14,9 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from .app_keys import BATCHER, METRICS, MODELS, SETTINGS, STORE
 from .batcher import Batcher
@@ -108,20 +105,12 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         )
     else:
         log.info("Redis: %s", settings.redis_url_redacted)
-    timeout = settings.redis_timeout_s
-    redis = Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        # One immediate retry covers a pooled connection that died with a restarted Redis;
-        # more would only delay the 503 a client needs to hear.
-        retry=Retry(NoBackoff(), 1),
-    )
-    app[STORE] = StateStore(redis, settings.key_prefix, app[METRICS])
+    store = StateStore(url, settings.key_prefix, app[METRICS], settings.redis_timeout_s)
+    app[STORE] = store
     try:
         yield
     finally:
-        await redis.aclose()
+        await store.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
 

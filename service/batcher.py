@@ -161,8 +161,10 @@ class Batcher:
             return
 
         retry: list[Unit] = []
-        for plan, ok in zip(writing, written, strict=True):
-            if ok:
+        for plan, outcome in zip(writing, written, strict=True):
+            if isinstance(outcome, ServiceError):  # that stream's Redis node failed
+                self._fail(plan.units, outcome)
+            elif outcome:
                 self._answer(plan, outputs[id(plan)][0])
             else:
                 self.metrics.cas_conflicts.inc()

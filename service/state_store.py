@@ -23,6 +23,7 @@ sets the new record: a replica that lost a race gets 0 for that stream and recom
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,7 +31,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import numpy as np
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from .errors import RedisUnavailable
@@ -147,72 +150,189 @@ class Write:
 
 
 class StateStore:
-    """Reads and writes stream records; every Redis failure becomes ``RedisUnavailable``."""
+    """Reads and writes stream records; every Redis failure becomes ``RedisUnavailable``.
 
-    def __init__(self, redis: Redis, prefix: str, metrics: Metrics) -> None:
-        self.redis = redis
+    Works with a standalone Redis and with a Redis Cluster, found out on first contact (``INFO
+    cluster``), so the same ``REDIS_URL`` setting serves both. Standalone: one ``MGET`` per batch
+    and one call of ``COMMIT_SCRIPT`` over every stream. Cluster: a stream's keys share a hash slot
+    but streams do not, so reads are one ``GET`` and writes one single-key script call per stream,
+    sent as one pipeline per node (redis-py groups them), the nodes in parallel.
+    """
+
+    def __init__(self, url: str, prefix: str, metrics: Metrics, timeout_s: float) -> None:
         self.prefix = prefix
         self.metrics = metrics
+        self._url = url
+        self._options: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            # One immediate retry covers a pooled connection that died with a restarted Redis;
+            # more would only delay the 503 a client needs to hear.
+            "retry": Retry(NoBackoff(), 1),
+        }
+        self._client: Redis | RedisCluster | None = None
+        self._connecting = asyncio.Lock()
         self._commit_sha: str | None = None
+
+    @property
+    def cluster(self) -> bool:
+        return isinstance(self._client, RedisCluster)
 
     def state_key(self, model: str, stream: str) -> str:
         return f"{self.prefix}:{{{model}:{stream}}}:state"
 
-    async def _call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _connected(self) -> Redis | RedisCluster:
+        """The client, created on first contact once we know whether Redis is a cluster."""
+        async with self._connecting:  # one probe, however many callers arrive at once
+            if self._client is None:
+                self._client = await self._probe()
+            return self._client
+
+    async def _probe(self) -> Redis | RedisCluster:
+        probe = Redis.from_url(self._url, **self._options)
+        try:
+            info = await probe.info("cluster")
+        except BaseException:
+            await probe.aclose()
+            raise
+        if str(info.get("cluster_enabled", 0)) != "1":
+            return probe
+        await probe.aclose()
+        cluster = RedisCluster.from_url(self._url, **self._options)
+        try:
+            await cluster.initialize()
+        except BaseException:
+            await cluster.aclose()
+            raise
+        return cluster
+
+    async def _call(self, operation: str, fn: Callable[[Redis | RedisCluster], Awaitable[T]]) -> T:
         start = time.perf_counter()
         try:
-            return await fn()
-        except RedisError as exc:
+            return await fn(await self._connected())
+        except (RedisError, OSError) as exc:  # OSError: a socket error redis-py did not wrap
             self.metrics.redis_errors.labels(operation).inc()
             raise RedisUnavailable(
                 f"Redis did not answer ({type(exc).__name__}); retry later"
             ) from exc
-        except OSError as exc:  # a socket error redis-py did not wrap
-            self.metrics.redis_errors.labels(operation).inc()
-            raise RedisUnavailable("Redis did not answer; retry later") from exc
         finally:
             self.metrics.redis_seconds.labels(operation).observe(time.perf_counter() - start)
 
     async def ping(self) -> None:
-        await self._call("ping", self.redis.ping)
+        async def ping(client: Redis | RedisCluster) -> None:
+            await client.ping()
+
+        await self._call("ping", ping)
 
     async def load_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Every record in one round trip; None where a stream has no state."""
+        """Every record in one round trip per node; None where a stream has no state."""
         if not keys:
             return []
 
-        async def mget() -> list[bytes | None]:
-            return cast(list[bytes | None], await self.redis.mget(keys))
+        async def load(client: Redis | RedisCluster) -> list[bytes | None]:
+            if isinstance(client, Redis):
+                return cast(list[bytes | None], await client.mget(keys))
+            async with client.pipeline() as pipe:
+                for key in keys:
+                    pipe.get(key)
+                return cast(list[bytes | None], await pipe.execute())
 
-        return await self._call("load", mget)
+        return await self._call("load", load)
 
-    async def commit_many(self, writes: Sequence[Write], ttl_ms: int) -> list[bool]:
-        """Compare-and-set every record in one script call; True where the write happened."""
+    async def commit_many(
+        self, writes: Sequence[Write], ttl_ms: int
+    ) -> list[bool | RedisUnavailable]:
+        """Compare-and-set every record. Per write: True (written), False (the guard differed:
+        someone else advanced or ended the stream) or RedisUnavailable (on a cluster, that
+        stream's node failed while others answered)."""
         if not writes:
             return []
-        keys = [w.key for w in writes]
+
+        async def commit(client: Redis | RedisCluster) -> list[bool | RedisUnavailable]:
+            if isinstance(client, Redis):
+                try:
+                    return list(await self._commit_standalone(client, writes, ttl_ms))
+                except NoScriptError:
+                    # Redis restarted and lost its script cache. The batch is one script call,
+                    # and a refused call did not run: sending it again is safe.
+                    self._commit_sha = await self._load_script(client)
+                    return list(await self._commit_standalone(client, writes, ttl_ms))
+            results = await self._commit_cluster(client, writes, ttl_ms)
+            refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if refused:
+                # A node lost its script cache (restarted, or a replica took over). Only its
+                # writes were refused, and they did not run; the others ran and must not be
+                # sent again.
+                self._commit_sha = await self._load_script(client)
+                again = await self._commit_cluster(client, [writes[i] for i in refused], ttl_ms)
+                for i, result in zip(refused, again, strict=True):
+                    results[i] = result
+            return [self._outcome(r) for r in results]
+
+        return await self._call("commit", commit)
+
+    def _outcome(self, result: object) -> bool | RedisUnavailable:
+        if isinstance(result, Exception):
+            self.metrics.redis_errors.labels("commit").inc()
+            return RedisUnavailable(
+                f"Redis did not answer for this stream ({type(result).__name__}); retry later"
+            )
+        return bool(cast(list[int], result)[0])
+
+    async def _script_sha(self, client: Redis | RedisCluster) -> str:
+        if self._commit_sha is None:
+            self._commit_sha = await self._load_script(client)
+        return self._commit_sha
+
+    @staticmethod
+    async def _load_script(client: Redis | RedisCluster) -> str:
+        if isinstance(client, RedisCluster):
+            shas = await client.execute_command(
+                "SCRIPT LOAD", COMMIT_SCRIPT, target_nodes=RedisCluster.PRIMARIES
+            )
+            sha = next(iter(shas.values())) if isinstance(shas, dict) else shas
+        else:
+            sha = await client.script_load(COMMIT_SCRIPT)
+        return sha.decode() if isinstance(sha, bytes) else str(sha)
+
+    async def _commit_standalone(
+        self, client: Redis, writes: Sequence[Write], ttl_ms: int
+    ) -> list[bool]:
+        sha = await self._script_sha(client)
         args: list[Any] = [ttl_ms]
         for w in writes:
             args += [w.expected_guard, w.record]
+        out = await client.evalsha(sha, len(writes), *(w.key for w in writes), *args)
+        return [bool(flag) for flag in out]
 
-        async def commit() -> list[bool]:
-            if self._commit_sha is None:
-                self._commit_sha = await self.redis.script_load(COMMIT_SCRIPT)
-            try:
-                out = await self.redis.evalsha(self._commit_sha, len(keys), *keys, *args)
-            except NoScriptError:
-                # Redis restarted and lost its script cache; nothing ran, so running again is safe.
-                self._commit_sha = await self.redis.script_load(COMMIT_SCRIPT)
-                out = await self.redis.evalsha(self._commit_sha, len(keys), *keys, *args)
-            return [bool(flag) for flag in out]
-
-        return await self._call("commit", commit)
+    async def _commit_cluster(
+        self, client: RedisCluster, writes: Sequence[Write], ttl_ms: int
+    ) -> list[Any]:
+        """One single-key script call per stream, one pipeline per node; per write its reply
+        (``[1]`` or ``[0]``) or the exception its node answered."""
+        sha = await self._script_sha(client)
+        async with client.pipeline() as pipe:
+            for w in writes:
+                # redis-py blocks its evalsha() helper in cluster pipelines; the command itself
+                # is routed by its key like any other.
+                pipe.execute_command("EVALSHA", sha, 1, w.key, ttl_ms, w.expected_guard, w.record)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def get(self, key: str) -> tuple[bytes | None, int]:
         """A record and its remaining TTL in ms (-1: none) in one round trip."""
 
-        async def get_with_ttl() -> tuple[bytes | None, int]:
-            async with self.redis.pipeline(transaction=False) as pipe:
+        async def get_with_ttl(client: Redis | RedisCluster) -> tuple[bytes | None, int]:
+            pipeline = (
+                client.pipeline(transaction=False)
+                if isinstance(client, Redis)
+                else client.pipeline()
+            )
+            async with pipeline as pipe:
                 pipe.get(key)
                 pipe.pttl(key)
                 raw, pttl = await pipe.execute()
@@ -221,7 +341,7 @@ class StateStore:
         return await self._call("get", get_with_ttl)
 
     async def delete(self, key: str) -> bool:
-        async def delete() -> bool:
-            return bool(await self.redis.delete(key))
+        async def delete(client: Redis | RedisCluster) -> bool:
+            return bool(await client.delete(key))
 
         return await self._call("delete", delete)

@@ -4,6 +4,7 @@ JSON without raising on 4xx/5xx."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,10 +36,15 @@ class RedisServer:
     """A private redis-server; ``kill`` and ``start`` again keep its port and its data."""
 
     def __init__(
-        self, directory: Path, password: str | None = None, tls: dict[str, Path] | None = None
+        self,
+        directory: Path,
+        password: str | None = None,
+        tls: dict[str, Path] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.directory = directory
         self.password = password
+        self.extra_args = extra_args or []
         self.tls = tls  # {"cert", "key", "ca"}: serve TLS only, on the port
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -70,6 +77,7 @@ class RedisServer:
             "--save", "",
             "--logfile", "redis.log",
             *(["--requirepass", self.password] if self.password else []),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -98,6 +106,51 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+class RedisClusterServers:
+    """A three-node Redis Cluster (no replicas) made with ``redis-cli --cluster create``."""
+
+    def __init__(self, directory: Path, nodes: int = 3) -> None:
+        cluster_args = [
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", "2000",
+        ]  # fmt: skip
+        # The cluster bus needs a port too (by default port + 10000, which may not exist).
+        self.nodes = [
+            RedisServer(
+                directory / f"node-{k}",
+                extra_args=[*cluster_args, "--cluster-port", str(free_port())],
+            )
+            for k in range(nodes)
+        ]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url  # any node: the client discovers the rest
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create",
+             *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not all(n.client().cluster("INFO")["cluster_state"] == "ok" for n in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not become ready")
+            time.sleep(0.1)
+        return self
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 @dataclass
@@ -192,3 +245,16 @@ class ServiceProcess:
         code = self.process.returncode
         self.process = None
         return code
+
+
+async def post_all(
+    requests: list[tuple[str, dict[str, Any]]], limit: int = 1000
+) -> list[tuple[int, dict[str, Any]]]:
+    """POST every (url, JSON body) at once, up to ``limit`` connections; (status, JSON) each."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as session:
+
+        async def one(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+            async with session.post(url, json=body) as answer:
+                return answer.status, await answer.json()
+
+        return await asyncio.gather(*(one(url, body) for url, body in requests))

@@ -11,7 +11,7 @@ import aiohttp
 import numpy as np
 import pytest
 from conftest import DemoReference, sea_temperatures
-from service_harness import RedisServer, ServiceProcess, call
+from service_harness import RedisServer, ServiceProcess, call, post_all
 
 
 @pytest.fixture
@@ -20,19 +20,6 @@ def two_services(
 ) -> list[ServiceProcess]:
     env = {"REDIS_URL": redis_server.url}
     return [service_factory(env=env), service_factory(env=env)]
-
-
-async def _post_all(
-    requests: list[tuple[str, dict[str, Any]]], limit: int = 1000
-) -> list[tuple[int, dict[str, Any]]]:
-    connector = aiohttp.TCPConnector(limit=limit)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def one(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-            async with session.post(url, json=body) as answer:
-                return answer.status, await answer.json()
-
-        return await asyncio.gather(*(one(url, body) for url, body in requests))
 
 
 @pytest.mark.slow
@@ -48,7 +35,7 @@ def test_simultaneous_posts_to_one_stream_apply_each_reading_exactly_once(
         )
         for k, v in enumerate(values)
     ]
-    answers = asyncio.run(_post_all(requests))
+    answers = asyncio.run(post_all(requests))
     assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
     seqs = [body["results"][0]["seq"] for _, body in answers]
     assert sorted(seqs) == list(range(1, n + 1))  # every step once: none lost, none doubled
@@ -82,7 +69,7 @@ def test_a_retry_storm_of_one_reading_applies_it_once(
     path = f"/v1/models/elnino/streams/{stream_id}/readings"
     call("POST", two_services[0].url + path, {"values": [24.0], "seq": 1})
     body = {"values": [25.0], "seq": 2}
-    answers = asyncio.run(_post_all([(s.url + path, body) for s in two_services] * 50))
+    answers = asyncio.run(post_all([(s.url + path, body) for s in two_services] * 50))
     assert all(status == 200 for status, _ in answers)
     fresh = [b for _, b in answers if not b.get("duplicate")]
     assert len(fresh) == 1  # applied by exactly one request; the other 99 were answered as retries
@@ -142,9 +129,9 @@ def test_ending_a_stream_while_it_is_being_fed_splits_it_into_two_whole_generati
 
         # A third before the end, a third racing with it, a third after it.
         third = n // 3
-        before = await _post_all(posts[:third], limit=50)
-        racing, _ = await asyncio.gather(_post_all(posts[third : 2 * third], limit=50), end())
-        after = await _post_all(posts[2 * third :], limit=50)
+        before = await post_all(posts[:third], limit=50)
+        racing, _ = await asyncio.gather(post_all(posts[third : 2 * third], limit=50), end())
+        after = await post_all(posts[2 * third :], limit=50)
         return [*before, *racing, *after]
 
     answers = asyncio.run(feed_and_end())

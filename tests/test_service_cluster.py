@@ -1,0 +1,115 @@
+"""The service on a three-node Redis Cluster: found out by itself from the same REDIS_URL, each
+stream's state on the node owning its hash slot, and the same exactly-once guarantees."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+from conftest import DemoReference, sea_temperatures
+from service_harness import RedisClusterServers, ServiceProcess, call, post_all
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture
+def two_services(
+    cluster: RedisClusterServers, service_factory: Callable[..., ServiceProcess]
+) -> list[ServiceProcess]:
+    env = {"REDIS_URL": cluster.url}
+    return [service_factory(env=env), service_factory(env=env)]
+
+
+def test_streams_spread_over_the_nodes_and_match_the_reference(
+    cluster: RedisClusterServers,
+    two_services: list[ServiceProcess],
+    stream_id: str,
+    demo_reference: DemoReference,
+) -> None:
+    streams, steps = 48, 12
+    series = [sea_temperatures(steps, seed=200 + s) for s in range(streams)]
+    got: list[list[float]] = [[] for _ in range(streams)]
+    for k in range(steps):  # each round: every stream's next reading, all at once, both services
+        requests = [
+            (
+                f"{two_services[(s + k) % 2].url}/v1/streams/{stream_id}-{s}/readings",
+                {"values": [series[s][k]], "seq": k + 1},
+            )
+            for s in range(streams)
+        ]
+        for s, (status, body) in enumerate(asyncio.run(post_all(requests))):
+            assert status == 200, body
+            got[s].append(body["results"][0]["prediction"][0])
+    for s in range(streams):
+        expected = demo_reference.predictions(series[s])
+        assert np.abs(np.array(got[s]) - expected).max() < demo_reference.tolerance
+    per_node = [node.client().dbsize() for node in cluster.nodes]
+    assert all(n > 0 for n in per_node), per_node  # every node holds some streams
+    key = f"lstm:{{elnino:{stream_id}-0}}:state"
+    assert cluster.client().exists(key) == 1
+
+
+def test_simultaneous_posts_to_one_stream_apply_each_reading_once(
+    two_services: list[ServiceProcess], stream_id: str, demo_reference: DemoReference
+) -> None:
+    n = 200
+    values = sea_temperatures(n, seed=5)
+    requests = [
+        (f"{two_services[k % 2].url}/v1/streams/{stream_id}/readings", {"values": [v]})
+        for k, v in enumerate(values)
+    ]
+    answers = asyncio.run(post_all(requests))
+    assert all(status == 200 for status, _ in answers)
+    seqs = [body["results"][0]["seq"] for _, body in answers]
+    assert sorted(seqs) == list(range(1, n + 1))
+    by_seq = sorted(zip(seqs, values, answers, strict=True))
+    expected = demo_reference.predictions([v for _, v, _ in by_seq])
+    got = np.array([body["results"][0]["prediction"][0] for _, _, (_, body) in by_seq])
+    assert np.abs(got - expected).max() < demo_reference.tolerance
+
+
+def test_retries_bulk_state_and_end_of_stream(
+    two_services: list[ServiceProcess], stream_id: str
+) -> None:
+    a, b = two_services
+    url = f"{a.url}/v1/streams/{stream_id}"
+    first = call("POST", url + "/readings", {"values": [24.0], "seq": 1}).body
+    retry = call("POST", f"{b.url}/v1/streams/{stream_id}/readings", {"values": [24.0], "seq": 1})
+    assert retry.body["duplicate"] is True and retry.body["results"] == first["results"]
+    bulk = call(
+        "POST",
+        f"{b.url}/v1/readings",
+        {"readings": [{"stream": f"{stream_id}-{k}", "values": [24.0]} for k in range(20)]},
+    )
+    assert [r["results"][0]["prediction"] for r in bulk.body["results"]] == [
+        first["results"][0]["prediction"]
+    ] * 20
+    assert call("GET", url).body["seq"] == 1
+    assert call("DELETE", url).status == 204
+    assert call("GET", url).status == 404
+
+
+def test_a_node_that_lost_its_scripts_costs_no_step_twice(
+    cluster: RedisClusterServers, two_services: list[ServiceProcess], stream_id: str
+) -> None:
+    service = two_services[0]
+    streams = [f"{stream_id}-{k}" for k in range(30)]
+    bulk = {"readings": [{"stream": s, "values": [24.0]} for s in streams]}  # no seqs
+    assert call("POST", f"{service.url}/v1/readings", bulk).status == 200
+    # One node forgets the commit script (as after a restart or a failover). Its streams' writes
+    # are refused and resent; the other nodes' writes ran once and must not run again.
+    cluster.nodes[0].client().script_flush()
+    answer = call("POST", f"{service.url}/v1/readings", bulk)
+    assert answer.status == 200
+    assert [r["results"][0]["seq"] for r in answer.body["results"]] == [2] * len(streams)
+    for s in streams:
+        assert call("GET", f"{service.url}/v1/streams/{s}").body["seq"] == 2
