@@ -188,6 +188,8 @@ class StateStore:
 
     async def _connected(self) -> Redis | RedisCluster:
         """The client, created on first contact once we know whether Redis is a cluster."""
+        if self._client is not None:
+            return self._client
         async with self._connecting:  # one probe, however many callers arrive at once
             if self._client is None:
                 self._client = await self._probe()
