@@ -101,6 +101,8 @@ def _load_one(directory: Path, threads: int) -> ServedModel:
         raise ModelLoadError(f"{meta_path}: cell {meta.get('cell')!r} is not served (only lstm)")
     if not _NAME.fullmatch(name):
         raise ModelLoadError(f"{meta_path}: model name {name!r} must match {_NAME.pattern}")
+    if not _NAME.fullmatch(version):  # stored in every stream's record, as up to 255 bytes
+        raise ModelLoadError(f"{meta_path}: model version {version!r} must match {_NAME.pattern}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

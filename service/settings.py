@@ -39,6 +39,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _request_limit(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:  # a stream's record holds the last request's results, counted in 16 bits
+        raise ValueError("must be at most 65535")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -202,7 +209,7 @@ OPTIONS: tuple[Option, ...] = (
         "--request-max-readings",
         "LSTM_REQUEST_MAX_READINGS",
         "2000",
-        _positive_int,
+        _request_limit,
         "most readings in one request (413 payload_too_large beyond)",
         "N",
     ),

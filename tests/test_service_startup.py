@@ -234,3 +234,18 @@ def test_rediss_urls_talk_tls(
             plain.ping()
     finally:
         server.stop()
+
+
+def test_request_limit_fits_the_record() -> None:
+    with pytest.raises(SettingsError, match="at most 65535"):
+        load_settings(["--request-max-readings", "70000", "--queue-max-readings", "100000"], {})
+
+
+def test_a_model_version_that_cannot_be_stored_is_refused(tmp_path: Path) -> None:
+    src = ROOT / "service" / "demo_model"
+    meta = json.loads((src / "model.json").read_text())
+    meta["version"] = "v" * 300
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    (tmp_path / "model.onnx").write_bytes((src / "model.onnx").read_bytes())
+    refused = _run_cli("--model", str(tmp_path))
+    assert refused.returncode == 1 and "model version" in refused.stderr
