@@ -175,31 +175,43 @@ class Batcher:
         self._requeue(retry)
 
     def _infer(self, plans: list[StreamPlan]) -> dict[int, tuple[np.ndarray, bytes, bytes]]:
-        """Run each model once over its streams; per plan: (y [T, O], h bytes, c bytes)."""
-        by_model: dict[str, list[StreamPlan]] = {}
+        """Run the batch's streams through their models; per plan: (y [T, O], h, c bytes).
+
+        Streams are grouped by model and by length bucket (1, 2, 3-4, 5-8, ...). onnxruntime's
+        LSTM computes padded steps too: one 500-step backlog in a call with 255 single readings
+        took 284 ms instead of 2 ms in two calls. Within a bucket the padding is under 2x, and a
+        batch of single readings (the common case) is still one call.
+        """
+        groups: dict[tuple[str, int], list[StreamPlan]] = {}
         for plan in plans:
-            by_model.setdefault(plan.model.name, []).append(plan)
+            bucket = 1 << (len(plan.steps) - 1).bit_length()
+            groups.setdefault((plan.model.name, bucket), []).append(plan)
         out: dict[int, tuple[np.ndarray, bytes, bytes]] = {}
-        for group in by_model.values():
-            model: ServedModel = group[0].model
-            lengths = np.array([len(p.steps) for p in group], np.int32)
-            steps = int(lengths.max())
-            if steps == 1:
-                x = np.array([[p.steps[0].values for p in group]], np.float32)
-            else:
-                x = np.zeros((steps, len(group), model.input_size), np.float32)
-                for b, plan in enumerate(group):
-                    x[: len(plan.steps), b, :] = [r.values for r in plan.steps]
-            h0 = np.stack([p.h0 for p in group], axis=1)
-            c0 = np.stack([p.c0 for p in group], axis=1)
-            start = time.perf_counter()
-            y, hn, cn = model.step(x, h0, c0, lengths)
-            self.metrics.inference_seconds.labels(model.name).observe(time.perf_counter() - start)
-            hn_rows = np.ascontiguousarray(hn.transpose(1, 0, 2))
-            cn_rows = np.ascontiguousarray(cn.transpose(1, 0, 2))
-            for b, plan in enumerate(group):
-                out[id(plan)] = (y[: lengths[b], b, :], hn_rows[b].tobytes(), cn_rows[b].tobytes())
+        for group in groups.values():
+            out.update(self._infer_group(group))
         return out
+
+    def _infer_group(self, group: list[StreamPlan]) -> dict[int, tuple[np.ndarray, bytes, bytes]]:
+        model: ServedModel = group[0].model
+        lengths = np.array([len(p.steps) for p in group], np.int32)
+        steps = int(lengths.max())
+        if steps == 1:
+            x = np.array([[p.steps[0].values for p in group]], np.float32)
+        else:
+            x = np.zeros((steps, len(group), model.input_size), np.float32)
+            for b, plan in enumerate(group):
+                x[: len(plan.steps), b, :] = [r.values for r in plan.steps]
+        h0 = np.stack([p.h0 for p in group], axis=1)
+        c0 = np.stack([p.c0 for p in group], axis=1)
+        start = time.perf_counter()
+        y, hn, cn = model.step(x, h0, c0, lengths)
+        self.metrics.inference_seconds.labels(model.name).observe(time.perf_counter() - start)
+        hn_rows = np.ascontiguousarray(hn.transpose(1, 0, 2))
+        cn_rows = np.ascontiguousarray(cn.transpose(1, 0, 2))
+        return {
+            id(plan): (y[: lengths[b], b, :], hn_rows[b].tobytes(), cn_rows[b].tobytes())
+            for b, plan in enumerate(group)
+        }
 
     def _record(
         self, plan: StreamPlan, output: tuple[np.ndarray, bytes, bytes], now: float

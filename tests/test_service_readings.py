@@ -231,3 +231,19 @@ def test_state_lives_in_one_compact_redis_string(
     # 2 layers x 64 units: h and c are 1024 bytes; header, version and one result add < 100.
     assert 1024 < len(raw) < 1124
     assert 0 < client.pttl(key) <= 604800 * 1000
+
+
+def test_streams_with_different_numbers_of_readings_in_one_batch(
+    service: ServiceProcess, stream_id: str, demo_reference: DemoReference
+) -> None:
+    lengths = [1, 3, 10, 40, 1, 2, 17, 5]
+    series = [sea_temperatures(n, seed=50 + k) for k, n in enumerate(lengths)]
+    items = [
+        {"stream": f"{stream_id}-{k}", "readings": [{"values": [v]} for v in values]}
+        for k, values in enumerate(series)
+    ]
+    answer = call("POST", f"{service.url}/v1/readings", {"readings": items})
+    assert answer.status == 200
+    for values, result in zip(series, answer.body["results"], strict=True):
+        got = np.array([r["prediction"][0] for r in result["results"]])
+        assert np.abs(got - demo_reference.predictions(values)).max() < demo_reference.tolerance
