@@ -55,17 +55,25 @@ GUARD_BYTES = 16
 # KEYS[i]: state key of stream i. ARGV[1]: TTL in ms (0: none). For stream i, ARGV[2i] is the
 # expected guard ("" means the key must not exist) and ARGV[2i+1] the new record.
 # GETRANGE returns "" for a missing key, so one comparison covers "new stream" and "unchanged".
+# A record whose generation, seq and updated_at (its first 24 bytes) equal the new one's is this
+# very write, landed by an earlier attempt of the same call (the client resends a call that timed
+# out): that counts as written, so a resent call can never look like a lost race and be applied
+# twice.
 # Returns one 1 (written) or 0 (guard differed: someone else advanced or ended the stream) per key.
 COMMIT_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local written = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GETRANGE', key, 0, 15) == ARGV[2 * i] then
+  local head = redis.call('GETRANGE', key, 0, 23)
+  local record = ARGV[2 * i + 1]
+  if string.sub(head, 1, 16) == ARGV[2 * i] then
     if ttl > 0 then
-      redis.call('SET', key, ARGV[2 * i + 1], 'PX', ttl)
+      redis.call('SET', key, record, 'PX', ttl)
     else
-      redis.call('SET', key, ARGV[2 * i + 1])
+      redis.call('SET', key, record)
     end
+    written[i] = 1
+  elseif head == string.sub(record, 1, 24) then
     written[i] = 1
   else
     written[i] = 0
