@@ -56,9 +56,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "invalid_request")
-        body = {"error": {"code": code, "message": exc.reason}}
-        response = json_response(body, status=exc.status)
-        if exc.status == 405 and "Allow" in exc.headers:
+        message = exc.reason
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
+        elif exc.status == 404:
+            message = f"no such path: {request.path}"
+        response = json_response({"error": {"code": code, "message": message}}, exc.status)
+        if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)

@@ -191,3 +191,5 @@ def test_unknown_stream_and_wrong_method(service: ServiceProcess, stream_id: str
     wrong = call("PUT", url, {"values": [1]})
     assert wrong.status == 405
     _assert_error(wrong.body, "method_not_allowed")
+    assert "allowed: DELETE, GET, HEAD" in wrong.body["error"]["message"]
+    assert set(wrong.headers["Allow"].split(",")) == {"DELETE", "GET", "HEAD"}
