@@ -76,11 +76,6 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return parse_body(raw)
 
 
-async def _await_units(units: list[Unit]) -> None:
-    # shielded for the same reason as in post_readings
-    await asyncio.shield(asyncio.gather(*(u.future for u in units), return_exceptions=True))
-
-
 async def post_readings(request: web.Request) -> web.Response:
     model = _model(request)
     stream = check_stream_id(request.match_info["stream"])
@@ -123,7 +118,8 @@ async def post_bulk(request: web.Request) -> web.Response:
         )
     units = [s for s in slots if isinstance(s, Unit)]
     request.app[BATCHER].submit(units)
-    await _await_units(units)
+    # Shielded for the same reason as in post_readings; each unit's outcome is read below.
+    await asyncio.shield(asyncio.gather(*(u.future for u in units), return_exceptions=True))
     results: list[dict[str, Any]] = []
     for index, slot in enumerate(slots):
         stream = slot.stream if isinstance(slot, Unit) else _item_stream(items[index])
