@@ -261,3 +261,21 @@ def test_a_client_that_hangs_up_still_gets_its_step_applied_once(
     retry = call("POST", service.url + path, raw=body)
     assert retry.status == 200 and retry.body["duplicate"] is True
     assert call("GET", f"{service.url}{path.removesuffix('/readings')}").body["seq"] == 1
+
+
+def test_a_service_started_before_its_redis_waits_for_it(
+    tmp_path: Path, service_factory: Callable[..., ServiceProcess], stream_id: str
+) -> None:
+    redis = RedisServer(tmp_path / "late")  # its port is chosen, nothing listens on it yet
+    service = service_factory(env={"REDIS_URL": redis.url, "LSTM_REDIS_TIMEOUT_S": "0.5"})
+    url = f"{service.url}/v1/streams/{stream_id}"
+    early = call("POST", url + "/readings", {"values": [24.0], "seq": 1})
+    assert early.status == 503 and early.body["error"]["code"] == "redis_unavailable"
+    assert call("GET", service.url + "/readyz").status == 503
+    redis.start()
+    try:
+        assert call("GET", service.url + "/readyz").status == 200
+        assert call("POST", url + "/readings", {"values": [24.0], "seq": 1}).status == 200
+        assert call("GET", url).body["seq"] == 1
+    finally:
+        redis.stop()
