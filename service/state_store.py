@@ -113,11 +113,8 @@ class StreamState:
         h = np.frombuffer(raw, np.float32, state_shape[0] * state_shape[1], at).reshape(state_shape)
         c = np.frombuffer(raw, np.float32, h.size, at + nbytes).reshape(state_shape)
         at += 2 * nbytes
-        results: dict[int, np.ndarray] = {}
-        width = 8 + 4 * outputs
-        for k in range(n_results):
-            (rseq,) = struct.unpack_from("<Q", raw, at + k * width)
-            results[rseq] = np.frombuffer(raw, np.float32, outputs, at + k * width + 8)
+        held = np.frombuffer(raw, _results_dtype(outputs), n_results, at)
+        results = dict(zip(held["seq"].tolist(), held["prediction"], strict=True))
         return cls(raw[:GUARD_BYTES], generation, seq, updated_at, stored_version, h, c, results)
 
     def last_prediction(self) -> list[float] | None:
@@ -139,11 +136,16 @@ def encode_record(
     vbytes = version.encode("ascii")
     parts = [_HEAD.pack(generation, seq, updated_at, len(h), len(result_seqs), len(vbytes))]
     parts += [vbytes, h, c]
-    preds = np.ascontiguousarray(result_preds, np.float32)
-    for k, rseq in enumerate(result_seqs):
-        parts.append(struct.pack("<Q", rseq))
-        parts.append(preds[k].tobytes())
+    held = np.empty(len(result_seqs), _results_dtype(result_preds.shape[1]))
+    held["seq"] = result_seqs
+    held["prediction"] = result_preds
+    parts.append(held.tobytes())
     return b"".join(parts)
+
+
+def _results_dtype(outputs: int) -> np.dtype:
+    """One held result: its seq and its prediction, packed (8 + 4 * outputs bytes)."""
+    return np.dtype([("seq", "<u8"), ("prediction", "<f4", (outputs,))])
 
 
 def guard_of(generation: int, seq: int) -> bytes:
