@@ -48,8 +48,10 @@ class Metrics:
         )
         self.readings = Counter(
             "lstm_readings_total",
-            "Readings by outcome: applied, duplicate (a retry answered from stored results), "
-            "stale (409), rejected (400/404/409/413 before or at the batcher), failed (503)",
+            "Queued readings by outcome: applied, duplicate (a retry answered from stored "
+            "results), stale (409 stale_seq), rejected (409 model_version_mismatch), failed "
+            "(503: Redis or contention). Requests refused before queueing (400, 404, 413, "
+            "503 overloaded) count in lstm_http_request_duration_seconds by status.",
             ["outcome"],
             registry=r,
         )
