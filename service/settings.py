@@ -144,8 +144,9 @@ OPTIONS: tuple[Option, ...] = (
         "REDIS_URL",
         None,
         _redis_url,
-        "Redis to keep state in (redis://, rediss://, unix://; a password is allowed and never "
-        "logged); none: start a private redis-server",
+        "Redis (standalone or cluster) to keep state in: redis://, rediss:// or unix://; a "
+        "password is allowed and never logged, but give it in the variable, as flags show in "
+        "process lists; none: start a private redis-server",
         "URL",
     ),
     Option(
