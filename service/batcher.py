@@ -1,12 +1,13 @@
 """The queue and the natural-batching loop: the only code that writes stream state.
 
 Handlers validate a request, turn it into units (one per stream) and ``submit`` them. One loop
-takes everything queued (up to ``batch_max_readings``), reads every stream's record with one Redis
-call, plans each stream (``plan.py``), runs each model once over all streams with new readings
-(ragged lengths through ``seq_lens``), and writes every advanced stream with one compare-and-set
-call. While that batch is in flight, new readings queue; no timer is involved, so a lone reading
-waits for nothing but its own work. A stream whose write lost a race goes back to the front of the
-queue and is recomputed from the state that won; the other streams of the batch are answered.
+takes everything queued (up to ``batch_max_readings``), reads every stream's record in one round
+trip (per node, on a cluster), plans each stream (``plan.py``), runs each model over the streams
+with new readings (one call per length bucket, ragged lengths through ``seq_lens``), and writes
+every advanced stream with compare-and-set in one round trip. While that batch is in flight, new
+readings queue; no timer is involved, so a lone reading waits for nothing but its own work. A
+stream whose write lost a race goes back to the front of the queue and is recomputed from the
+state that won; the other streams of the batch are answered.
 """
 
 from __future__ import annotations
@@ -147,17 +148,21 @@ class Batcher:
                 )
             )
 
-        outputs = self._infer([p for p in plans if p.needs_write])
-        writing = [p for p in plans if p.needs_write]
+        # A stream with nothing to write (only retries, stale seqs or refusals) is answered from
+        # the state just read; its answer does not wait for the other streams' write.
+        writing = []
+        for plan in plans:
+            if plan.needs_write:
+                writing.append(plan)
+            else:
+                self._answer(plan, None)
+        outputs = self._infer(writing)
         now = time.time()
         writes = [self._record(plan, outputs[id(plan)], now) for plan in writing]
         try:
             written = await self.store.commit_many(writes, self.settings.state_ttl_ms)
         except ServiceError as exc:
             self._fail([u for p in writing for u in p.units], exc)
-            for plan in plans:
-                if not plan.needs_write:
-                    self._answer(plan, None)
             return
 
         retry: list[Unit] = []
@@ -169,9 +174,6 @@ class Batcher:
             else:
                 self.metrics.cas_conflicts.inc()
                 retry.extend(plan.units)
-        for plan in plans:
-            if not plan.needs_write:
-                self._answer(plan, None)
         self._requeue(retry)
 
     def _infer(self, plans: list[StreamPlan]) -> dict[int, tuple[np.ndarray, bytes, bytes]]:
@@ -219,10 +221,10 @@ class Batcher:
         y, h, c = output
         last = plan.last_applied
         assert last is not None  # a plan with steps has applied a unit
-        seqs = [r.seq or 0 for r in plan.steps[last.first : last.first + last.count]]
+        seqs = plan.seqs(last)  # the last applied unit's steps are the plan's last steps
         record = encode_record(
             plan.generation,
-            plan.steps[-1].seq or 0,
+            seqs[-1],
             now,
             plan.model.version,
             h,
@@ -242,15 +244,10 @@ class Batcher:
                 _resolve(unit, error=outcome)
             elif isinstance(outcome, Applied):
                 assert y is not None
-                rows = y[outcome.first : outcome.first + outcome.count]
-                seqs = [
-                    r.seq or 0 for r in plan.steps[outcome.first : outcome.first + outcome.count]
-                ]
+                rows = y[outcome.first : outcome.first + outcome.count].tolist()
                 counts.labels("applied").inc(n)
-                _resolve(
-                    unit,
-                    UnitResult(plan.generation, list(zip(seqs, rows.tolist(), strict=True)), False),
-                )
+                results = list(zip(plan.seqs(outcome), rows, strict=True))
+                _resolve(unit, UnitResult(plan.generation, results, False))
             elif isinstance(outcome, Duplicate):
                 results = [(seq, _held_prediction(held, y)) for seq, held in outcome.held]
                 counts.labels("duplicate").inc(n)
@@ -271,6 +268,7 @@ class Batcher:
                 keep.append(unit)
         self._queue.extendleft(reversed(keep))
         self._queued_readings += sum(len(u.readings) for u in keep)
+        self.metrics.queue_readings.set(self._queued_readings)
         if keep:
             self._wakeup.set()
 

@@ -85,6 +85,11 @@ class StreamPlan:
     def needs_write(self) -> bool:
         return bool(self.steps)
 
+    def seqs(self, applied: Applied) -> list[int]:
+        """The seqs of an applied unit's readings (every step has one assigned)."""
+        steps = self.steps[applied.first : applied.first + applied.count]
+        return [r.seq for r in steps if r.seq is not None]
+
 
 def plan_stream(
     model: ServedModel,
