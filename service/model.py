@@ -46,10 +46,6 @@ class ServedModel:
         """Shape of one stream's ``h`` (and ``c``): ``(layers, hidden)``."""
         return (self.num_layers, self.hidden_size)
 
-    @property
-    def state_nbytes(self) -> int:
-        return self.num_layers * self.hidden_size * 4
-
     def describe(self) -> dict[str, Any]:
         """The public summary served by ``GET /v1/models``."""
         return {

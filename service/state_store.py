@@ -184,10 +184,6 @@ class StateStore:
         self._connecting = asyncio.Lock()
         self._commit_sha: str | None = None
 
-    @property
-    def cluster(self) -> bool:
-        return isinstance(self._client, RedisCluster)
-
     def state_key(self, model: str, stream: str) -> str:
         return f"{self.prefix}:{{{model}:{stream}}}:state"
 
