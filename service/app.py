@@ -1,8 +1,9 @@
 """``create_app(settings)``: routes, the error middleware and every resource's lifetime.
 
-Resources open in ``cleanup_ctx`` in dependency order (Redis, then the batcher) and close in
-reverse: on shutdown the batcher stops admitting, answers everything it admitted, and only then is
-Redis closed (and a private redis-server stopped).
+Resources open in ``cleanup_ctx`` in dependency order (Redis, the event hub, the batcher) and
+close in reverse: on shutdown event subscriptions end first (each told why), the batcher stops
+admitting and answers everything it admitted, and only then is Redis closed (and a private
+redis-server stopped).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .app_keys import BATCHER, METRICS, MODELS, SETTINGS, STORE
+from .app_keys import BATCHER, HUB, METRICS, MODELS, SETTINGS, STORE
 from .batcher import Batcher
+from .cors import add_cors
 from .embedded_redis import EmbeddedRedis
 from .errors import ServiceError
+from .events import EventHub
 from .metrics import Metrics
 from .model import ServedModel, load_models
+from .routes_events import add_event_routes
 from .routes_v1 import add_routes, json_response
 from .settings import Settings
 from .state_store import StateStore
@@ -120,6 +124,21 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.to_thread(embedded.stop)
 
 
+async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    hub = EventHub(app[STORE], app[METRICS], app[SETTINGS].subscriber_buffer_events)
+    app[HUB] = hub
+    try:
+        yield
+    finally:
+        await hub.close()
+
+
+async def end_subscriptions(app: web.Application) -> None:
+    # Runs when the server stops accepting, before it waits for handlers to finish: event
+    # streams would otherwise hold the shutdown until its timeout.
+    app[HUB].end_subscriptions()
+
+
 async def batcher_ctx(app: web.Application) -> AsyncIterator[None]:
     batcher = Batcher(app[STORE], app[SETTINGS], app[METRICS])
     app[BATCHER] = batcher
@@ -155,9 +174,13 @@ def create_app(
     for model in served.values():
         app[METRICS].model_info.labels(model.name, model.version).set(1)
     app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(hub_ctx)
     app.cleanup_ctx.append(batcher_ctx)
+    app.on_shutdown.append(end_subscriptions)
+    add_cors(app, settings.cors_origins)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     add_routes(app)
+    add_event_routes(app)
     return app

@@ -5,15 +5,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from .batcher import Batcher
+from .events import EventHub
 from .metrics import Metrics
 from .model import ServedModel
 from .settings import Settings
 from .state_store import StateStore
 
-__all__ = ["BATCHER", "METRICS", "MODELS", "SETTINGS", "STORE"]
+__all__ = ["BATCHER", "HUB", "METRICS", "MODELS", "SETTINGS", "STORE"]
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 MODELS = web.AppKey("models", dict[str, ServedModel])
 STORE = web.AppKey("store", StateStore)
 BATCHER = web.AppKey("batcher", Batcher)
+HUB = web.AppKey("hub", EventHub)

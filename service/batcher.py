@@ -4,7 +4,8 @@ Handlers validate a request, turn it into units (one per stream) and ``submit`` 
 takes everything queued (up to ``batch_max_readings``), reads every stream's record in one round
 trip (per node, on a cluster), plans each stream (``plan.py``), runs each model over the streams
 with new readings (one call per length bucket, ragged lengths through ``seq_lens``), and writes
-every advanced stream with compare-and-set in one round trip. While that batch is in flight, new
+every advanced stream with compare-and-set in one round trip, together with one event per applied
+step. While that batch is in flight, new
 readings queue; no timer is involved, so a lone reading waits for nothing but its own work. A
 stream whose write lost a race goes back to the front of the queue and is recomputed from the
 state that won; the other streams of the batch are answered.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -22,11 +24,12 @@ from typing import cast
 import numpy as np
 
 from .errors import Overloaded, ServiceError
+from .events import log_append
 from .metrics import Metrics
 from .model import ServedModel
 from .plan import Applied, Duplicate, StreamPlan, Unit, UnitResult, plan_stream
 from .settings import Settings
-from .state_store import StateStore, StreamState, Write, encode_record
+from .state_store import LogPolicy, StateStore, StreamState, Write, encode_record
 
 __all__ = ["Batcher"]
 
@@ -47,6 +50,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._accepting = True
         self._last_generation = 0
+        self._log_policy = LogPolicy(settings.events_max_len, settings.events_max_age_ms)
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -158,9 +162,12 @@ class Batcher:
                 self._answer(plan, None)
         outputs = self._infer(writing)
         now = time.time()
-        writes = [self._record(plan, outputs[id(plan)], now) for plan in writing]
+        now_ms = int(now * 1000)
+        writes = [self._record(plan, outputs[id(plan)], now, now_ms) for plan in writing]
         try:
-            written = await self.store.commit_many(writes, self.settings.state_ttl_ms)
+            written = await self.store.commit_many(
+                writes, self.settings.state_ttl_ms, self._log_policy, now_ms
+            )
         except ServiceError as exc:
             self._fail([u for p in writing for u in p.units], exc)
             return
@@ -169,9 +176,13 @@ class Batcher:
         for plan, outcome in zip(writing, written, strict=True):
             if isinstance(outcome, ServiceError):  # that stream's Redis node failed
                 self._fail(plan.units, outcome)
-            elif outcome:
+            elif outcome is True:
                 self._answer(plan, outputs[id(plan)][0])
             else:
+                if outcome is not False:
+                    # A new generation that does not sort after the stream's event log (another
+                    # replica's clock is ahead): the next attempt starts after the log's.
+                    self._last_generation = max(self._last_generation, outcome)
                 self.metrics.cas_conflicts.inc()
                 retry.extend(plan.units)
         self._requeue(retry)
@@ -216,12 +227,23 @@ class Batcher:
         }
 
     def _record(
-        self, plan: StreamPlan, output: tuple[np.ndarray, bytes, bytes], now: float
+        self, plan: StreamPlan, output: tuple[np.ndarray, bytes, bytes], now: float, now_ms: int
     ) -> Write:
         y, h, c = output
         last = plan.last_applied
         assert last is not None  # a plan with steps has applied a unit
         seqs = plan.seqs(last)  # the last applied unit's steps are the plan's last steps
+        steps = plan.steps
+        events = log_append(
+            plan.model.version,
+            plan.generation,
+            [r.seq for r in steps if r.seq is not None],
+            np.array([r.values for r in steps], np.float64),
+            y,
+            [r.ts for r in steps],
+            struct.unpack("<QQ", plan.expected_guard) if plan.expected_guard else None,
+            now_ms,
+        )
         record = encode_record(
             plan.generation,
             seqs[-1],
@@ -232,7 +254,12 @@ class Batcher:
             seqs,
             y[last.first : last.first + last.count],
         )
-        return Write(plan.key, plan.expected_guard, record)
+        return Write(
+            self.store.stream_keys(plan.model.name, plan.stream),
+            plan.expected_guard,
+            record,
+            events,
+        )
 
     def _answer(self, plan: StreamPlan, y: np.ndarray | None) -> None:
         """Resolve every unit of a plan whose write (if any) happened."""

@@ -98,5 +98,20 @@ class Metrics:
         self.model_info = Gauge(
             "lstm_model_info", "Served models (value 1)", ["model", "version"], registry=r
         )
+        self.subscribers = Gauge(
+            "lstm_subscribers",
+            "Open event subscriptions (SSE connections)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.subscribers_closed = Counter(
+            "lstm_subscribers_closed_total",
+            "Subscriptions the service ended: too_slow (its queue passed "
+            "--subscriber-buffer-events) or shutdown",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("too_slow", "shutdown"):
+            self.subscribers_closed.labels(reason)
         for outcome in READING_OUTCOMES:
             self.readings.labels(outcome)

@@ -30,7 +30,7 @@ from .wire import (
     unit_json,
 )
 
-__all__ = ["add_routes", "default_model_name", "json_response"]
+__all__ = ["add_routes", "default_model_name", "json_response", "model_for"]
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -49,7 +49,7 @@ def default_model_name(app: web.Application) -> str | None:
     return next(iter(models)) if len(models) == 1 else None
 
 
-def _model(request: web.Request) -> ServedModel:
+def model_for(request: web.Request) -> ServedModel:
     models = request.app[MODELS]
     name = request.match_info.get("model")
     if name is None:
@@ -77,7 +77,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 async def post_readings(request: web.Request) -> web.Response:
-    model = _model(request)
+    model = model_for(request)
     stream = check_stream_id(request.match_info["stream"])
     data = await _body(request)
     readings = parse_stream_readings(data, model, request.app[SETTINGS].request_max_readings)
@@ -92,7 +92,7 @@ async def post_readings(request: web.Request) -> web.Response:
 
 
 async def post_bulk(request: web.Request) -> web.Response:
-    model = _model(request)
+    model = model_for(request)
     data = await _body(request)
     settings = request.app[SETTINGS]
     items = data.get("readings")
@@ -143,7 +143,7 @@ def _item_stream(item: object) -> Any:
 
 
 async def get_stream(request: web.Request) -> web.Response:
-    model = _model(request)
+    model = model_for(request)
     stream = check_stream_id(request.match_info["stream"])
     store = request.app[STORE]
     raw, pttl = await store.get(store.state_key(model.name, stream))
@@ -154,7 +154,7 @@ async def get_stream(request: web.Request) -> web.Response:
 
 
 async def delete_stream(request: web.Request) -> web.Response:
-    model = _model(request)
+    model = model_for(request)
     stream = check_stream_id(request.match_info["stream"])
     store = request.app[STORE]
     if not await store.delete(store.state_key(model.name, stream)):
@@ -180,7 +180,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return json_response(_model(request).describe())
+    return json_response(model_for(request).describe())
 
 
 def add_routes(app: web.Application) -> None:

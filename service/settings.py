@@ -97,6 +97,17 @@ def _key_prefix(text: str) -> str:
     return text
 
 
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(part.strip().rstrip("/") for part in text.split(",") if part.strip())
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (
+            parts.scheme not in ("http", "https") or not parts.hostname or parts.path
+        ):
+            raise ValueError(f"{origin!r} is not an origin such as https://dash.example.com or *")
+    return origins
+
+
 def _text(text: str) -> str:
     return text
 
@@ -242,6 +253,55 @@ OPTIONS: tuple[Option, ...] = (
         "N",
     ),
     Option(
+        "events_max_len",
+        "--events-max-len",
+        "LSTM_EVENTS_MAX_LEN",
+        "1000",
+        _positive_int,
+        "events kept in each stream's log for subscribers to resume from (oldest dropped first)",
+        "N",
+    ),
+    Option(
+        "events_max_age_s",
+        "--events-max-age-s",
+        "LSTM_EVENTS_MAX_AGE_S",
+        "86400",
+        _non_negative_seconds,
+        "events older than this leave the log, and a stream's log expires this long after its "
+        "last event; 0: no age bound",
+        "SECONDS",
+    ),
+    Option(
+        "subscriber_buffer_events",
+        "--subscriber-buffer-events",
+        "LSTM_SUBSCRIBER_BUFFER_EVENTS",
+        "1000",
+        _positive_int,
+        "events waiting for one subscriber beyond this close its connection (it resumes by id)",
+        "N",
+    ),
+    Option(
+        "sse_heartbeat_s",
+        "--sse-heartbeat-s",
+        "LSTM_SSE_HEARTBEAT_S",
+        "15",
+        _positive_seconds,
+        "seconds between heartbeat comments on a quiet event stream",
+        "SECONDS",
+    ),
+    Option(
+        "cors_origins",
+        "--cors-origin",
+        "LSTM_CORS_ORIGINS",
+        None,
+        _origins,
+        "an origin that browsers may call the API from, such as https://dash.example.com; repeat "
+        "the flag for several, or separate them with commas in the variable; * allows any; "
+        "none: no cross-origin calls",
+        "ORIGIN",
+        repeatable=True,
+    ),
+    Option(
         "key_prefix",
         "--key-prefix",
         "LSTM_KEY_PREFIX",
@@ -294,6 +354,11 @@ class Settings:
     body_max_bytes: int = 1048576
     retry_after_s: int = 1
     inference_threads: int = 1
+    events_max_len: int = 1000
+    events_max_age_s: float = 86400.0
+    subscriber_buffer_events: int = 1000
+    sse_heartbeat_s: float = 15.0
+    cors_origins: tuple[str, ...] = ()
     key_prefix: str = "lstm"
     log_level: str = "info"
 
@@ -305,6 +370,11 @@ class Settings:
     def state_ttl_ms(self) -> int:
         """TTL in whole milliseconds for Redis (0: never expire)."""
         return round(self.state_ttl_s * 1000)
+
+    @property
+    def events_max_age_ms(self) -> int:
+        """Event log age bound in whole milliseconds (0: none)."""
+        return round(self.events_max_age_s * 1000)
 
 
 def build_parser(prog: str = "lstm-serve") -> argparse.ArgumentParser:

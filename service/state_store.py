@@ -15,10 +15,16 @@ allocation of about 1.1 KiB::
     ..      S     c               float32 [layers, hidden]
     ..      n*(8+4*O)  results    (seq u64, prediction float32[O]) per reading
 
-Keys carry a Redis Cluster hash tag per stream (``{model:stream}``), so a stream's state and its
-future event log share a slot. A batch reads every state with one MGET and writes every state with
-one call of ``COMMIT_SCRIPT``, which compares each stream's guard (generation and seq) before it
-sets the new record: a replica that lost a race gets 0 for that stream and recomputes it.
+Beside the record, each stream has an event log: a Redis Stream whose entry ids are the event ids
+(``{generation}-{seq}``), one entry per applied step with the fields ``v`` (model version), ``t``
+(commit time, Unix ms), ``x`` (values, float64), ``y`` (prediction, float32) and ``r`` (the
+reading's own ts as JSON, or empty). Keys carry a Redis Cluster hash tag per stream
+(``{model:stream}``), so a stream's record, log and channel share a slot.
+
+A batch reads every state with one MGET and writes every stream with one call of
+``COMMIT_SCRIPT``, which compares each stream's guard (generation and seq) before it sets the new
+record, appends the events and announces them: a replica that lost a race gets 0 for that stream
+and recomputes it.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import numpy as np
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
@@ -42,7 +48,12 @@ from .metrics import Metrics
 __all__ = [
     "COMMIT_SCRIPT",
     "GUARD_BYTES",
+    "LOG_SCRIPT",
+    "LogAppend",
+    "LogChunk",
+    "LogPolicy",
     "StateStore",
+    "StreamKeys",
     "StreamState",
     "Write",
     "encode_record",
@@ -52,27 +63,120 @@ __all__ = [
 _HEAD = struct.Struct("<QQdIHB")
 GUARD_BYTES = 16
 
-# KEYS[i]: state key of stream i. ARGV[1]: TTL in ms (0: none). For stream i, ARGV[2i] is the
-# expected guard ("" means the key must not exist) and ARGV[2i+1] the new record.
+# Every write of a stream also appends one event per applied step to the stream's event log (a Redis
+# Stream whose entry ids are the event ids, "{generation}-{seq}") and announces them on the stream's
+# shard channel, in the same script call: no step without its event, no event without its step.
+#
+# KEYS: per stream i, KEYS[2i-1] its state key and KEYS[2i] its event log (one hash slot).
+# ARGV[1] state TTL ms (0: none); ARGV[2] log TTL ms (0: none); ARGV[3] log length bound;
+# ARGV[4] log age cutoff in Unix ms (0: none); ARGV[5] commit time in Unix ms.
+# Then per stream: expected guard ("" means the key must not exist), new record, channel, previous
+# event id ("" for a new generation: the log tells), floor id (see below), model version, live
+# message, n, and n times (event id, values, prediction, reading ts).
+#
 # GETRANGE returns "" for a missing key, so one comparison covers "new stream" and "unchanged".
 # A record whose generation, seq and updated_at (its first 24 bytes) equal the new one's is this
 # very write, landed by an earlier attempt of the same call (the client resends a call that timed
 # out): that counts as written, so a resent call can never look like a lost race and be applied
 # twice.
-# Returns one 1 (written) or 0 (guard differed: someone else advanced or ended the stream) per key.
+# A new generation must sort after everything its log ever held (ids must increase); if it does not
+# (two replicas' clocks), nothing is written and the log's last generation is returned, so the
+# caller retries with a later one.
+# Trimming deletes entries with XDEL rather than XTRIM because only XDEL records the largest id
+# ever removed (max-deleted-entry-id), which is how a resuming reader learns exactly what it lost.
+# A log created anew (never written, or expired) gets a floor: an entry just below its first id,
+# deleted at once, so a reader holding an id from an earlier life of the log learns that whatever
+# followed that id is gone.
+# Returns per stream 1 (written), 0 (guard differed: someone else advanced or ended the stream) or
+# the log's last generation as a string (generation too old).
 COMMIT_SCRIPT = """
-local ttl = tonumber(ARGV[1])
-local written = {}
-for i, key in ipairs(KEYS) do
-  local head = redis.call('GETRANGE', key, 0, 23)
-  local record = ARGV[2 * i + 1]
-  if string.sub(head, 1, 16) == ARGV[2 * i] then
-    if ttl > 0 then
-      redis.call('SET', key, record, 'PX', ttl)
-    else
-      redis.call('SET', key, record)
+local function id_parts(id)
+  local dash = string.find(id, '-', 1, true)
+  return string.sub(id, 1, dash - 1), string.sub(id, dash + 1)
+end
+local function num_less(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+local function id_less(a, b)
+  local ag, as = id_parts(a)
+  local bg, bs = id_parts(b)
+  if ag ~= bg then return num_less(ag, bg) end
+  return num_less(as, bs)
+end
+local function delete_ids(log, entries, upto)
+  local ids = {}
+  for j = 1, upto do ids[j] = entries[j][1] end
+  if #ids > 0 then redis.call('XDEL', log, unpack(ids)) end
+  return #ids
+end
+local function trim(log, max_len, cutoff)
+  local excess = redis.call('XLEN', log) - max_len
+  while excess > 0 do
+    local old = redis.call('XRANGE', log, '-', '+', 'COUNT', math.min(excess, 1000))
+    excess = excess - delete_ids(log, old, #old)
+  end
+  if cutoff <= 0 then return end
+  local count = 1
+  while true do
+    local old = redis.call('XRANGE', log, '-', '+', 'COUNT', count)
+    local expired = 0
+    for j, entry in ipairs(old) do
+      if tonumber(entry[2][4]) >= cutoff then break end
+      expired = j
     end
-    written[i] = 1
+    delete_ids(log, old, expired)
+    if expired < #old or #old == 0 then return end
+    count = 100
+  end
+end
+
+local state_ttl = tonumber(ARGV[1])
+local log_ttl = tonumber(ARGV[2])
+local max_len = tonumber(ARGV[3])
+local cutoff = tonumber(ARGV[4])
+local now = ARGV[5]
+local written = {}
+local a = 6
+for i = 1, #KEYS / 2 do
+  local key, log = KEYS[2 * i - 1], KEYS[2 * i]
+  local guard, record, channel, prev = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local floor, version, message = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local first = a + 8
+  a = first + 4 * tonumber(ARGV[a + 7])
+  local head = redis.call('GETRANGE', key, 0, 23)
+  if string.sub(head, 1, 16) == guard then
+    local fresh = redis.call('EXISTS', log) == 0
+    local ok = true
+    if guard == '' and not fresh then
+      local info = redis.call('XINFO', 'STREAM', log)
+      for j = 1, #info, 2 do
+        if info[j] == 'last-generated-id' then prev = info[j + 1] end
+      end
+      if not id_less(prev, ARGV[first]) then
+        written[i] = id_parts(prev)
+        ok = false
+      end
+    end
+    if ok then
+      if state_ttl > 0 then
+        redis.call('SET', key, record, 'PX', state_ttl)
+      else
+        redis.call('SET', key, record)
+      end
+      if fresh then
+        redis.call('XADD', log, floor, 'v', version, 't', now, 'x', '', 'y', '', 'r', '')
+        redis.call('XDEL', log, floor)
+      end
+      for e = first, a - 1, 4 do
+        redis.call('XADD', log, ARGV[e], 'v', version, 't', now, 'x', ARGV[e + 1],
+          'y', ARGV[e + 2], 'r', ARGV[e + 3])
+      end
+      trim(log, max_len, cutoff)
+      if log_ttl > 0 then redis.call('PEXPIRE', log, log_ttl) end
+      redis.call('SPUBLISH', channel, prev .. '\\n' .. message)
+      written[i] = 1
+    end
   elseif head == string.sub(record, 1, 24) then
     written[i] = 1
   else
@@ -80,6 +184,26 @@ for i, key in ipairs(KEYS) do
   end
 end
 return written
+"""
+
+# Reads a stream's event log: whether it exists, the last id it ever held, the largest id it ever
+# deleted, and up to ARGV[2] entries after ARGV[1] ("" : from the start), all from one instant.
+# KEYS[1]: the log.
+LOG_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local last, deleted
+for j = 1, #info, 2 do
+  if info[j] == 'last-generated-id' then last = info[j + 1] end
+  if info[j] == 'max-deleted-entry-id' then deleted = info[j + 1] end
+end
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+  local start = '-'
+  if ARGV[1] ~= '' then start = '(' .. ARGV[1] end
+  entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', ARGV[2])
+end
+return {1, last, deleted, entries}
 """
 
 T = TypeVar("T")
@@ -153,10 +277,47 @@ def guard_of(generation: int, seq: int) -> bytes:
 
 
 @dataclass(frozen=True)
+class StreamKeys:
+    """A stream's Redis names, all in one cluster hash slot."""
+
+    state: str  # the record
+    log: str  # the event log (a Redis Stream)
+    channel: str  # the shard channel live events are announced on
+
+
+@dataclass(frozen=True)
+class LogAppend:
+    """The events of one write: appended to the stream's log and announced on its channel."""
+
+    prev: str  # the event id just before the first ("" for a new generation: the log knows)
+    floor: str  # an id just below the first event's, marking where a log created anew begins
+    version: str  # the model version, stored with every event
+    entries: Sequence[tuple[str, bytes, bytes, bytes]]  # (id, values, prediction, reading ts)
+    message: bytes  # the live message's body (events.encode_message)
+
+
+@dataclass(frozen=True)
+class LogPolicy:
+    max_len: int  # events kept per stream
+    max_age_ms: int  # events older than this are dropped, and an idle log expires; 0: no bound
+
+
+@dataclass(frozen=True)
 class Write:
-    key: str
+    keys: StreamKeys
     expected_guard: bytes  # b"" for a stream that must not exist yet
     record: bytes
+    log: LogAppend
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """A read of a stream's event log, all from one instant."""
+
+    exists: bool
+    last_id: str  # the last id the log ever held ("" when it does not exist)
+    deleted_id: str  # the largest id it ever deleted ("0-0": none)
+    entries: list[tuple[str, dict[bytes, bytes]]]  # (id, fields), oldest first
 
 
 class StateStore:
@@ -172,6 +333,7 @@ class StateStore:
     def __init__(self, url: str, prefix: str, metrics: Metrics, timeout_s: float) -> None:
         self.prefix = prefix
         self.metrics = metrics
+        self.timeout_s = timeout_s
         self._url = url
         self._options: dict[str, Any] = {
             "socket_timeout": timeout_s,
@@ -186,6 +348,10 @@ class StateStore:
 
     def state_key(self, model: str, stream: str) -> str:
         return f"{self.prefix}:{{{model}:{stream}}}:state"
+
+    def stream_keys(self, model: str, stream: str) -> StreamKeys:
+        tag = f"{self.prefix}:{{{model}:{stream}}}"
+        return StreamKeys(f"{tag}:state", f"{tag}:events", f"{tag}:live")
 
     async def close(self) -> None:
         if self._client is not None:
@@ -253,44 +419,53 @@ class StateStore:
         return await self._call("load", load)
 
     async def commit_many(
-        self, writes: Sequence[Write], ttl_ms: int
-    ) -> list[bool | RedisUnavailable]:
-        """Compare-and-set every record. Per write: True (written), False (the guard differed:
-        someone else advanced or ended the stream) or RedisUnavailable (on a cluster, that
-        stream's node failed while others answered)."""
+        self, writes: Sequence[Write], ttl_ms: int, policy: LogPolicy, now_ms: int
+    ) -> list[bool | int | RedisUnavailable]:
+        """Compare-and-set every record and append its events. Per write: True (written), False
+        (the guard differed: someone else advanced or ended the stream), an int (a new
+        generation that does not sort after the stream's log; the int is the log's last
+        generation) or RedisUnavailable (on a cluster, that stream's node failed while others
+        answered)."""
         if not writes:
             return []
+        head = [
+            ttl_ms,
+            policy.max_age_ms,
+            policy.max_len,
+            now_ms - policy.max_age_ms if policy.max_age_ms else 0,
+            now_ms,
+        ]
 
-        async def commit(client: Redis | RedisCluster) -> list[bool | RedisUnavailable]:
+        async def commit(client: Redis | RedisCluster) -> list[bool | int | RedisUnavailable]:
             if isinstance(client, Redis):
                 try:
-                    return list(await self._commit_standalone(client, writes, ttl_ms))
+                    return [*await self._commit_standalone(client, writes, head)]
                 except NoScriptError:
                     # Redis restarted and lost its script cache. The batch is one script call,
                     # and a refused call did not run: sending it again is safe.
                     self._commit_sha = await self._load_script(client)
-                    return list(await self._commit_standalone(client, writes, ttl_ms))
-            results = await self._commit_cluster(client, writes, ttl_ms)
+                    return [*await self._commit_standalone(client, writes, head)]
+            results = await self._commit_cluster(client, writes, head)
             refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
             if refused:
                 # A node lost its script cache (restarted, or a replica took over). Only its
                 # writes were refused, and they did not run; the others ran and must not be
                 # sent again.
                 self._commit_sha = await self._load_script(client)
-                again = await self._commit_cluster(client, [writes[i] for i in refused], ttl_ms)
+                again = await self._commit_cluster(client, [writes[i] for i in refused], head)
                 for i, result in zip(refused, again, strict=True):
                     results[i] = result
             return [self._outcome(r) for r in results]
 
         return await self._call("commit", commit)
 
-    def _outcome(self, result: object) -> bool | RedisUnavailable:
+    def _outcome(self, result: object) -> bool | int | RedisUnavailable:
         if isinstance(result, Exception):
             self.metrics.redis_errors.labels("commit").inc()
             return RedisUnavailable(
                 f"Redis did not answer for this stream ({type(result).__name__}); retry later"
             )
-        return bool(cast(list[int], result)[0])
+        return _written(cast(list[Any], result)[0])
 
     async def _script_sha(self, client: Redis | RedisCluster) -> str:
         if self._commit_sha is None:
@@ -309,27 +484,46 @@ class StateStore:
         return sha.decode() if isinstance(sha, bytes) else str(sha)
 
     async def _commit_standalone(
-        self, client: Redis, writes: Sequence[Write], ttl_ms: int
-    ) -> list[bool]:
+        self, client: Redis, writes: Sequence[Write], head: list[Any]
+    ) -> list[bool | int]:
         sha = await self._script_sha(client)
-        args: list[Any] = [ttl_ms]
+        keys: list[str] = []
+        args = list(head)
         for w in writes:
-            args += [w.expected_guard, w.record]
-        out = await client.evalsha(sha, len(writes), *(w.key for w in writes), *args)
-        return [bool(flag) for flag in out]
+            keys += [w.keys.state, w.keys.log]
+            args += _write_args(w)
+        out = await client.evalsha(sha, len(keys), *keys, *args)
+        return [_written(flag) for flag in out]
 
     async def _commit_cluster(
-        self, client: RedisCluster, writes: Sequence[Write], ttl_ms: int
+        self, client: RedisCluster, writes: Sequence[Write], head: list[Any]
     ) -> list[Any]:
-        """One single-key script call per stream, one pipeline per node; per write its reply
-        (``[1]`` or ``[0]``) or the exception its node answered."""
+        """One script call per stream (its keys share a slot), one pipeline per node; per write
+        its reply (``[1]``, ``[0]`` or ``[generation]``) or the exception its node answered."""
         sha = await self._script_sha(client)
         async with client.pipeline() as pipe:
             for w in writes:
                 # redis-py blocks its evalsha() helper in cluster pipelines; the command itself
                 # is routed by its key like any other.
-                pipe.execute_command("EVALSHA", sha, 1, w.key, ttl_ms, w.expected_guard, w.record)
+                pipe.execute_command(
+                    "EVALSHA", sha, 2, w.keys.state, w.keys.log, *head, *_write_args(w)
+                )
             return list(await pipe.execute(raise_on_error=False))
+
+    async def read_log(self, log_key: str, after: str, count: int) -> LogChunk:
+        """Up to ``count`` events after id ``after`` ("": from the start), with the log's bounds."""
+
+        async def read(client: Redis | RedisCluster) -> LogChunk:
+            reply = await client.eval(LOG_SCRIPT, 1, log_key, after, count)
+            if not reply[0]:
+                return LogChunk(False, "", "0-0", [])
+            entries = [
+                (_text(entry_id), dict(zip(fields[::2], fields[1::2], strict=True)))
+                for entry_id, fields in reply[3]
+            ]
+            return LogChunk(True, _text(reply[1]), _text(reply[2]), entries)
+
+        return await self._call("read_log", read)
 
     async def get(self, key: str) -> tuple[bytes | None, int]:
         """A record and its remaining TTL in ms (-1: none) in one round trip."""
@@ -348,8 +542,58 @@ class StateStore:
 
         return await self._call("get", get_with_ttl)
 
+    async def subscriber_client(self, channel: str) -> tuple[str, Redis]:
+        """A new client of its own for subscribing to ``channel``, and the name of the node it
+        talks to ("" on a standalone Redis). Reads on it block as long as they need; a failure
+        is raised, not retried, so that the caller knows announcements may have been lost."""
+
+        async def connect(client: Redis | RedisCluster) -> tuple[str, Redis]:
+            options: dict[str, Any] = {
+                "socket_connect_timeout": self.timeout_s,
+                "socket_keepalive": True,
+                "retry": Retry(NoBackoff(), 0),
+            }
+            if isinstance(client, Redis):
+                return "", Redis.from_url(self._url, **options)
+            node = client.get_node_from_key(channel)
+            if node is None:
+                raise RedisError(f"no cluster node serves channel {channel}")
+            kwargs = {**node.connection_kwargs, **options, "socket_timeout": None}
+            pool = ConnectionPool(connection_class=node.connection_class, **kwargs)
+            return node.name, Redis(connection_pool=pool)
+
+        return await self._call("connect", connect)
+
     async def delete(self, key: str) -> bool:
         async def delete(client: Redis | RedisCluster) -> bool:
             return bool(await client.delete(key))
 
         return await self._call("delete", delete)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _written(flag: int | bytes) -> bool | int:
+    """A script reply per stream: 1 written, 0 lost the race, or the log's last generation."""
+    if isinstance(flag, bytes):
+        return int(flag)
+    return bool(flag)
+
+
+def _write_args(w: Write) -> list[Any]:
+    log = w.log
+    args: list[Any] = [
+        w.expected_guard,
+        w.record,
+        w.keys.channel,
+        log.prev,
+        log.floor,
+        log.version,
+        log.message,
+        len(log.entries),
+    ]
+    for entry in log.entries:
+        args += entry
+    return args

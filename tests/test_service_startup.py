@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 from service_harness import ROOT, RedisServer, ServiceProcess, call
+from sse_client import SseStream
 
 from service.settings import OPTIONS, Settings, SettingsError, load_settings, markdown_table
 
@@ -111,7 +112,10 @@ def test_without_redis_url_a_private_redis_server_runs_and_is_stopped(
     found = re.search(r"a private redis-server on 127\.0\.0\.1:(\d+), data in (.+)", service.log())
     assert found is not None and Path(found.group(2)) == tmp_path / "data"
     private = redis.Redis(port=int(found.group(1)))
-    assert private.dbsize() == 1 and private.config_get("appendonly") == {"appendonly": "yes"}
+    # The stream's state and its event log.
+    keys = {b"lstm:{elnino:s1}:state", b"lstm:{elnino:s1}:events"}
+    assert set(private.keys()) == keys
+    assert private.config_get("appendonly") == {"appendonly": "yes"}
     assert service.stop() == 0
     with pytest.raises(redis.ConnectionError):  # stopped on exit
         private.ping()
@@ -192,7 +196,9 @@ def test_a_password_protected_redis_works_and_the_password_is_never_logged(
         service = service_factory("--log-level", "debug", env={"REDIS_URL": server.url})
         answer = call("POST", f"{service.url}/v1/streams/s1/readings", {"values": [24.0]})
         assert answer.status == 200
-        assert server.client().dbsize() == 1
+        assert server.client().dbsize() == 2  # the stream's state and its event log
+        with SseStream(f"{service.url}/v1/streams/s1/events?from=start") as events:
+            assert events.take(1)[0].id == f"{answer.body['generation']}-1"
         service.stop()
         log = service.log()
         assert "Redis: redis://:***@127.0.0.1" in log
@@ -228,7 +234,9 @@ def test_rediss_urls_talk_tls(
         service = service_factory(env={"REDIS_URL": server.url})
         answer = call("POST", f"{service.url}/v1/streams/s1/readings", {"values": [24.0]})
         assert answer.status == 200
-        assert server.client().dbsize() == 1
+        assert server.client().dbsize() == 2  # the stream's state and its event log
+        with SseStream(f"{service.url}/v1/streams/s1/events?from=start") as events:
+            assert events.take(1)[0].id == f"{answer.body['generation']}-1"
         plain = redis.Redis(port=server.port, socket_timeout=1)
         with pytest.raises(redis.ConnectionError):  # the port speaks TLS only
             plain.ping()
