@@ -228,7 +228,7 @@ CLOSED = _Marker("CLOSED")  # the subscription ended; ``Subscription.reason`` sa
 
 
 class Subscription:
-    """One subscriber's queue of live batches, bounded by ``limit`` events."""
+    """One subscriber's queue of live batches: at most ``limit`` events, or one write's."""
 
     def __init__(self, model: str, stream: str, channel: str, limit: int) -> None:
         self.model = model
@@ -246,7 +246,8 @@ class Subscription:
         if self.reason is not None:
             return True
         if isinstance(item, LiveBatch):
-            if self._pending + len(item.events) > self.limit:
+            # An empty queue takes any one write, however many readings it applied.
+            if self._pending and self._pending + len(item.events) > self.limit:
                 return False
             self._pending += len(item.events)
         self._items.append(item)

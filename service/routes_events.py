@@ -21,7 +21,9 @@ an EventSource then reconnects with ``Last-Event-ID`` and resumes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from typing import Any
 
 from aiohttp import web
@@ -48,6 +50,17 @@ LOG_CHUNK = 500  # events read from the log per round trip while catching up
 # How long a closed subscriber's connection may stay stuck on a write (its reader not reading)
 # before it is cut, instead of being sent the reason it was closed.
 CLOSE_GRACE_S = 10.0
+SEND_BUFFER_BYTES = 128 * 1024
+
+
+def _bound_send_buffer(request: web.Request) -> None:
+    """A fixed kernel send buffer for an event stream: the kernel would otherwise grow it to
+    megabytes for a reader that does not read, hiding how far behind it is and holding memory
+    per subscriber; beyond it, events wait in the subscription's bounded queue."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
 
 def _start(request: web.Request) -> tuple[EventId | None, bool]:
@@ -176,6 +189,7 @@ async def get_events(request: web.Request) -> web.StreamResponse:
         if after is None and not from_start:
             chunk = await request.app[STORE].read_log(feed.log_key, "", 0)
             live_from = parse_event_id(chunk.last_id, "the log") if chunk.exists else None
+        _bound_send_buffer(request)
         await feed.response.prepare(request)
         try:
             if after is not None or from_start:

@@ -34,6 +34,8 @@ def test_flags_win_over_environment_and_environment_over_defaults() -> None:
     assert settings.models == (Path("c"),)  # the flag replaces the variable
     assert load_settings([], env).models == (Path("a"), Path("b"))
     assert load_settings(["--model", "x", "--model", "y"], {}).models == (Path("x"), Path("y"))
+    origins = {"LSTM_CORS_ORIGINS": "https://a.example, http://b.example:8000/"}
+    assert load_settings([], origins).cors_origins == ("https://a.example", "http://b.example:8000")
 
 
 def test_every_option_has_a_flag_and_an_lstm_variable() -> None:
@@ -56,6 +58,10 @@ def test_every_option_has_a_flag_and_an_lstm_variable() -> None:
         ({"LSTM_BATCH_MAX_READINGS": "0"}, "LSTM_BATCH_MAX_READINGS"),
         ({"LSTM_KEY_PREFIX": "a{b}"}, "LSTM_KEY_PREFIX"),
         ({"REDIS_URL": "http://example:6379"}, "REDIS_URL"),
+        ({"LSTM_CORS_ORIGINS": "dash.example.com"}, "LSTM_CORS_ORIGINS"),
+        ({"LSTM_CORS_ORIGINS": "https://dash.example.com/app"}, "LSTM_CORS_ORIGINS"),
+        ({"LSTM_EVENTS_MAX_LEN": "0"}, "LSTM_EVENTS_MAX_LEN"),
+        ({"LSTM_SSE_HEARTBEAT_S": "0"}, "LSTM_SSE_HEARTBEAT_S"),
     ],
 )
 def test_a_bad_value_is_named(env: dict[str, str], named: str) -> None:
