@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import DemoReference, sea_temperatures
 from service_harness import RedisClusterServers, ServiceProcess, call, post_all
+from sse_client import SseStream
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +114,34 @@ def test_a_node_that_lost_its_scripts_costs_no_step_twice(
     assert [r["results"][0]["seq"] for r in answer.body["results"]] == [2] * len(streams)
     for s in streams:
         assert call("GET", f"{service.url}/v1/streams/{s}").body["seq"] == 2
+
+
+def test_events_on_every_node_reach_a_subscriber_of_the_other_process(
+    cluster: RedisClusterServers, two_services: list[ServiceProcess], stream_id: str
+) -> None:
+    """Sharded pub/sub: one subscriber connection per node carries the events of the streams
+    whose slots it owns; each stream's log lives on its own node."""
+    poster, listener = two_services
+    streams = [f"{stream_id}-ev{s}" for s in range(9)]
+    subscribers = [SseStream(f"{listener.url}/v1/streams/{s}/events") for s in streams]
+    try:
+        generations = {}
+        for _ in range(4):
+            for s in streams:
+                answer = call("POST", f"{poster.url}/v1/streams/{s}/readings", {"values": [24.0]})
+                assert answer.status == 200, answer.body
+                generations[s] = answer.body["generation"]
+        for s, events in zip(streams, subscribers, strict=True):
+            ids = [e.id for e in events.take(4)]
+            assert ids == [f"{generations[s]}-{k}" for k in range(1, 5)]
+        pattern = f"lstm:{{elnino:{stream_id}-ev*}}:events"
+        logs_per_node = [len(node.client().keys(pattern)) for node in cluster.nodes]
+        assert sum(logs_per_node) == len(streams)
+        assert sum(n > 0 for n in logs_per_node) >= 2, logs_per_node  # several nodes publish
+        first = streams[0]
+        with SseStream(f"{poster.url}/v1/streams/{first}/events?from=start") as replay:
+            expected = [f"{generations[first]}-{k}" for k in range(1, 5)]
+            assert [e.id for e in replay.take(4)] == expected
+    finally:
+        for events in subscribers:
+            events.close()
