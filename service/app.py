@@ -21,6 +21,7 @@ from .embedded_redis import EmbeddedRedis
 from .errors import ServiceError
 from .metrics import Metrics
 from .model import ServedModel, load_models
+from .openapi import openapi_json
 from .routes_v1 import add_routes, json_response
 from .settings import Settings
 from .state_store import StateStore
@@ -159,5 +160,6 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi_json)
     add_routes(app)
     return app
