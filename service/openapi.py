@@ -22,9 +22,10 @@ from aiohttp import web
 
 from .app_keys import MODELS, SETTINGS
 from .model import ServedModel
+from .plan import SEQ_MAX
 from .routes_v1 import json_response
 from .settings import Settings
-from .wire import SEQ_MAX, STREAM_ID
+from .wire import STREAM_ID
 
 __all__ = ["openapi_document", "openapi_json"]
 
@@ -344,7 +345,8 @@ def _responses(settings: Settings) -> dict[str, Schema]:
         "Conflict": error(
             "Error409",
             "stale_seq: a seq at or below the last applied one that is not a retry of the last "
-            "request (with current_seq); model_version_mismatch: the stream's state was written by "
+            f"request, or readings without seq on a stream whose seq is {SEQ_MAX} (with "
+            "current_seq); model_version_mismatch: the stream's state was written by "
             "another model version (with --on-version-mismatch refuse).",
         ),
         "PayloadTooLarge": error(
