@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -466,3 +469,45 @@ def _burst(stream_id: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
         yield "GET", prefix + "/streams/{stream}", {"stream": stream_id}
         yield "DELETE", prefix + "/streams/{stream}", {"stream": stream_id}
     yield "GET", "/readyz", {}
+
+
+# -- a third-party consumer of the document ------------------------------------------------------
+
+FUZZ_CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+]
+
+
+@pytest.mark.slow
+def test_a_fuzzer_driven_by_the_document_finds_no_server_error_and_no_undocumented_answer(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    """Schemathesis reads /openapi.json, generates valid and invalid requests for every operation
+    (a fixed, deterministic set, bounded by --max-examples) and checks each answer against it."""
+    registered = registered_routes(create_app(Settings(), models=load_models((), 1)))
+    skipped = sorted(path for method, path in PENDING_ROUTES if (method, path) not in registered)
+    args = [
+        str(Path(sys.executable).parent / "st"), "run", f"{service.url}/openapi.json",
+        "--url", service.url, "--max-examples", "25", "--generation-deterministic",
+        "--phases", "examples,coverage,fuzzing", "--checks", ",".join(FUZZ_CHECKS),
+        "--request-timeout", "10", "--no-color",
+    ]  # fmt: skip
+    for path in skipped:
+        args += ["--exclude-path", path]
+    run = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    # The fuzzer leaves out only the pending paths (and may leave out /openapi.json itself).
+    paths = call("GET", service.url + "/openapi.json").body["paths"]
+    operations = sum(len(item) for item in paths.values())
+    counts = re.search(r"Operations:\s+(\d+) selected / (\d+) total", run.stdout)
+    tested = re.search(r"Tested:\s+(\d+)", run.stdout)
+    assert counts and tested, run.stdout[-3000:]
+    selected, total = int(counts.group(1)), int(counts.group(2))
+    assert total - selected == len(skipped) and total >= operations - 1, counts.group(0)
+    assert int(tested.group(1)) == selected
+    generated = re.search(r"(\d+) generated", run.stdout)
+    assert generated and int(generated.group(1)) > 10 * operations, run.stdout[-3000:]
