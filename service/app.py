@@ -24,6 +24,7 @@ from .errors import ServiceError
 from .events import EventHub
 from .metrics import Metrics
 from .model import ServedModel, load_models
+from .openapi import openapi_json
 from .routes_events import add_event_routes
 from .routes_v1 import add_routes, json_response
 from .settings import Settings
@@ -181,6 +182,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi_json)
     add_routes(app)
     add_event_routes(app)
     return app

@@ -31,7 +31,7 @@ import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .errors import InvalidRequest, Overloaded
+from .errors import InvalidRequest, Overloaded, RedisUnavailable
 from .metrics import Metrics
 from .state_store import LogAppend, StateStore
 
@@ -397,6 +397,12 @@ class EventHub:
         try:
             node = await self._node_for(channel)
             await asyncio.wait_for(node.subscribe(channel), self.store.timeout_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self.unsubscribe(sub)
+            self.metrics.redis_errors.labels("subscribe").inc()
+            raise RedisUnavailable(
+                f"Redis did not confirm the subscription ({type(exc).__name__}); retry later"
+            ) from exc
         except BaseException:
             await self.unsubscribe(sub)
             raise

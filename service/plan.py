@@ -22,7 +22,11 @@ from .errors import ModelVersionMismatch, ServiceError, StaleSeq
 from .model import ServedModel
 from .state_store import StreamState
 
-__all__ = ["Reading", "StreamPlan", "Unit", "UnitResult", "plan_stream"]
+__all__ = ["SEQ_MAX", "Reading", "StreamPlan", "Unit", "UnitResult", "plan_stream"]
+
+# The largest seq: clients may send up to it, and the server never assigns one above it (a stream
+# that reaches it takes no seqless readings; ending it starts a new generation at 1).
+SEQ_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,9 @@ def plan_stream(
     for unit in units:
         seqs = [r.seq for r in unit.readings]
         if seqs[0] is None:
+            if last + len(seqs) > SEQ_MAX:
+                plan.outcomes.append(_exhausted(stream, last))
+                continue
             assigned = list(range(last + 1, last + 1 + len(seqs)))
         else:
             assigned = [int(s) for s in seqs if s is not None]
@@ -151,6 +158,14 @@ def plan_stream(
         last = assigned[-1]
         held = {seq: first + k for k, seq in enumerate(assigned)}
     return plan
+
+
+def _exhausted(stream: str, last: int) -> StaleSeq:
+    return StaleSeq(
+        f"stream {stream!r}: its last applied seq is {last} and seqs stop at {SEQ_MAX}; end the "
+        "stream (DELETE) to start it afresh at seq 1",
+        current_seq=last,
+    )
 
 
 def _stale(stream: str, seqs: list[int], last: int) -> StaleSeq:

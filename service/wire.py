@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import InvalidRequest, InvalidStreamId, InvalidValues, PayloadTooLarge, ServiceError
 from .model import ServedModel
-from .plan import Reading, UnitResult
+from .plan import SEQ_MAX, Reading, UnitResult
 from .state_store import StreamState
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
 ]
 
 STREAM_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-SEQ_MAX = 2**63 - 1
 _READING_FIELDS = {"values", "seq", "ts"}
 
 

@@ -247,3 +247,19 @@ def test_streams_with_different_numbers_of_readings_in_one_batch(
     for values, result in zip(series, answer.body["results"], strict=True):
         got = np.array([r["prediction"][0] for r in result["results"]])
         assert np.abs(got - demo_reference.predictions(values)).max() < demo_reference.tolerance
+
+
+def test_a_stream_at_the_largest_seq_refuses_server_assigned_seqs(
+    service: ServiceProcess, stream_id: str
+) -> None:
+    """Seqs stop at 2^63-1, the largest a client may send: the server never assigns one above it
+    (found by fuzzing the OpenAPI document, which promises that bound)."""
+    largest = 2**63 - 1
+    assert post(service, stream_id, {"values": [24.0], "seq": largest})["status"] == 200
+    for body in ({"values": [24.5]}, {"readings": [{"values": [24.5]}, {"values": [25.0]}]}):
+        refused = post(service, stream_id, body)
+        assert refused["status"] == 409, refused
+        assert refused["error"]["code"] == "stale_seq"
+        assert refused["error"]["current_seq"] == largest
+    state = call("GET", f"{service.url}/v1/models/elnino/streams/{stream_id}").body
+    assert state["seq"] == largest

@@ -1,0 +1,504 @@
+"""The OpenAPI document at /openapi.json is valid OpenAPI, documents exactly the routes the app
+registers, and every answer a real service gives over real HTTP (successes and every error we can
+provoke, Redis outages and a full queue included) is one the document allows."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DEMO_MODEL_DIR
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError
+from openapi_spec_validator import validate as validate_openapi
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+from service_harness import RedisServer, Response, ServiceProcess, call
+
+from service import Settings, create_app
+from service.errors import ServiceError
+from service.model import load_models
+from service.openapi import openapi_document
+
+LONG = "/v1/models/{model}"
+SHORT = "/v1"
+
+
+def registered_routes(app: Any) -> set[tuple[str, str]]:
+    """(method, path template) of every route; HEAD, which aiohttp adds beside each GET, is
+    implied by the GET (RFC 9110: HEAD is GET without a body) and checked to have one."""
+    routes = {(r.method, r.resource.canonical) for r in app.router.routes()}
+    heads = {(m, p) for m, p in routes if m == "HEAD"}
+    assert all(("GET", p) in routes for _, p in heads), heads
+    return routes - heads
+
+
+def documented_routes(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
+
+
+def route_mismatches(
+    registered: set[tuple[str, str]], documented: set[tuple[str, str]]
+) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(registered but undocumented, documented but not registered)."""
+    return registered - documented, documented - registered
+
+
+# -- checking real answers against the document -------------------------------------------------
+
+
+class Contract:
+    """Validates real responses against one served document and records what was exercised."""
+
+    BASE = "urn:lstm-serve:openapi"
+
+    def __init__(self, doc: dict[str, Any], seen: set[tuple[str, str, str]]) -> None:
+        validate_openapi(doc)
+        self.doc = doc
+        self.seen = seen
+        self.registry: Registry[Any] = Registry().with_resource(
+            self.BASE, Resource.from_contents(doc, default_specification=DRAFT202012)
+        )
+
+    def _resolve(self, obj: dict[str, Any], pointer: str) -> tuple[dict[str, Any], str]:
+        while "$ref" in obj:
+            pointer = obj["$ref"].removeprefix("#")
+            obj = self.doc
+            for part in pointer.strip("/").split("/"):
+                obj = obj[part.replace("~1", "/").replace("~0", "~")]
+        return obj, pointer
+
+    def _validate(self, pointer: str, instance: Any) -> None:
+        schema = {"$ref": f"{self.BASE}#{pointer}"}
+        validator = Draft202012Validator(
+            schema, registry=self.registry, format_checker=FormatChecker()
+        )
+        validator.validate(instance)
+
+    def check(self, method: str, template: str, answer: Response) -> Response:
+        """``answer`` (to ``method`` on the path ``template``) is allowed by the document."""
+        op = self.doc["paths"][template][method.lower()]
+        status = str(answer.status)
+        assert status in op["responses"], (method, template, status, answer.body)
+        escaped = template.replace("~", "~0").replace("/", "~1")
+        pointer = f"/paths/{escaped}/{method.lower()}/responses/{status}"
+        self._check_response(op["responses"][status], pointer, answer)
+        self.seen.add((method, template, status))
+        return answer
+
+    def check_component(self, name: str, answer: Response) -> Response:
+        """``answer`` is the component response ``name`` (UnknownPath, MethodNotAllowed)."""
+        self._check_response({"$ref": f"#/components/responses/{name}"}, "", answer)
+        return answer
+
+    def _check_response(self, response: dict[str, Any], pointer: str, answer: Response) -> None:
+        response, pointer = self._resolve(response, pointer)
+        headers = {k.lower(): v for k, v in answer.headers.items()}
+        for name, spec in response.get("headers", {}).items():
+            value = headers.get(name.lower())
+            if value is None:
+                assert not spec.get("required"), f"header {name} missing: {answer.headers}"
+                continue
+            schema = spec["schema"]
+            self._validate_inline(schema, int(value) if schema.get("type") == "integer" else value)
+        content = response.get("content")
+        if content is None:
+            assert answer.body is None, answer.body
+            return
+        media = headers["content-type"].split(";")[0].strip()
+        assert media in content, (media, list(content))
+        escaped = media.replace("~", "~0").replace("/", "~1")
+        self._validate(f"{pointer}/content/{escaped}/schema", answer.body)
+
+    def validate_schema(self, name: str, instance: Any) -> None:
+        self._validate(f"/components/schemas/{name}", instance)
+
+    def _validate_inline(self, schema: dict[str, Any], instance: Any) -> None:
+        Draft202012Validator(schema, format_checker=FormatChecker()).validate(instance)
+
+    def expected(self, registered: set[tuple[str, str]]) -> set[tuple[str, str, str]]:
+        """Every (method, template, status) the document promises for a registered route."""
+        return {
+            (method.upper(), path, status)
+            for path, item in self.doc["paths"].items()
+            for method, op in item.items()
+            if (method.upper(), path) in registered
+            for status in op["responses"]
+        }
+
+
+# -- (a) and (b): the document itself ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_models() -> dict[str, Any]:
+    return load_models((), 1)
+
+
+def test_the_document_is_valid_openapi_for_any_configuration(
+    demo_models: dict[str, Any], tmp_path: Path
+) -> None:
+    validate_openapi(openapi_document(Settings(), demo_models))
+    several = load_models((DEMO_MODEL_DIR, _model_copy(tmp_path, "sst")), 1)
+    doc = openapi_document(Settings(default_model="sst", request_max_readings=7), several)
+    validate_openapi(doc)
+    schemas = doc["components"]["schemas"]
+    assert doc["components"]["parameters"]["Model"]["schema"]["enum"] == ["elnino", "sst"]
+    assert schemas["ReadingList"]["properties"]["readings"]["maxItems"] == 7
+    assert schemas["Values"]["minItems"] == schemas["Values"]["maxItems"] == 1
+
+
+def test_every_error_class_is_documented_under_its_status(demo_models: dict[str, Any]) -> None:
+    schemas = openapi_document(Settings(), demo_models)["components"]["schemas"]
+    classes = ServiceError.__subclasses__()
+    assert len(classes) >= 10
+    for error in classes:
+        codes = schemas[f"Error{error.status}"]["properties"]["error"]["properties"]["code"]
+        assert error.code in codes["enum"], (error.__name__, error.status, error.code)
+
+
+def test_every_route_is_documented_and_every_documented_route_exists(
+    demo_models: dict[str, Any],
+) -> None:
+    app = create_app(Settings(), models=demo_models)
+    registered = registered_routes(app)
+    doc = openapi_document(Settings(), demo_models)
+    undocumented, missing = route_mismatches(registered, documented_routes(doc))
+    assert not undocumented, f"routes missing from service/openapi.py: {sorted(undocumented)}"
+    assert not missing, f"documented routes the app does not register: {sorted(missing)}"
+    # The check can fail: an added route is caught, and so is a route that disappears.
+    app.router.add_post("/v1/models/{model}/streams/{stream}/reset", _never_called)
+    undocumented, _ = route_mismatches(registered_routes(app), documented_routes(doc))
+    assert undocumented == {("POST", "/v1/models/{model}/streams/{stream}/reset")}
+    _, missing = route_mismatches(registered - {("GET", "/metrics")}, documented_routes(doc))
+    assert missing == {("GET", "/metrics")}
+
+
+async def _never_called(request: Any) -> Any:
+    raise AssertionError("not served")
+
+
+def test_the_contract_check_rejects_what_the_document_does_not_allow(
+    demo_models: dict[str, Any],
+) -> None:
+    contract = Contract(openapi_document(Settings(), demo_models), set())
+    path = LONG + "/streams/{stream}/readings"
+    good = {
+        "model": "elnino", "model_version": "v", "stream": "s", "generation": 1,
+        "results": [{"seq": 1, "prediction": [1.0]}],
+    }  # fmt: skip
+    json_type = {"Content-Type": "application/json"}
+    contract.check("POST", path, Response(200, json_type, good))
+    for bad in [
+        Response(200, json_type, {k: v for k, v in good.items() if k != "generation"}),
+        Response(200, json_type, {**good, "colour": "red"}),
+        Response(200, json_type, {**good, "results": [{"seq": 1, "prediction": [1.0, 2.0]}]}),
+        Response(400, json_type, {"error": {"code": "stale_seq", "message": "m"}}),
+        Response(409, json_type, {"error": {"code": "stale_seq", "message": "m"}}),
+        Response(503, json_type, {"error": {"code": "overloaded", "message": "m"}}),
+        Response(500, json_type, {"error": {"code": "internal_error", "message": "m"}}),
+        Response(200, {"Content-Type": "text/plain"}, "ok"),
+    ]:
+        with pytest.raises((ValidationError, AssertionError)):
+            contract.check("POST", path, bad)
+
+
+# -- (c): a real service over real HTTP ----------------------------------------------------------
+
+
+def _model_copy(tmp_path: Path, name: str, version: str | None = None) -> Path:
+    """The demo model under another name and/or version (same weights)."""
+    target = tmp_path / f"{name}-{version or 'same'}"
+    shutil.copytree(DEMO_MODEL_DIR, target)
+    meta = json.loads((target / "model.json").read_text())
+    meta["name"] = name
+    if version is not None:
+        meta["version"] = version
+    (target / "model.json").write_text(json.dumps(meta))
+    return target
+
+
+class Driver:
+    """Requests to one service, each answer checked against that service's own document."""
+
+    def __init__(self, service: ServiceProcess, seen: set[tuple[str, str, str]]) -> None:
+        self.url = service.url
+        doc = call("GET", self.url + "/openapi.json")
+        assert doc.status == 200
+        self.contract = Contract(doc.body, seen)
+        self.contract.check("GET", "/openapi.json", doc)
+
+    def __call__(
+        self,
+        method: str,
+        template: str,
+        model: str = "elnino",
+        stream: str = "",
+        query: str = "",
+        **kw: Any,
+    ) -> Response:
+        path = template.replace("{model}", model).replace("{stream}", stream) + query
+        return self.contract.check(method, template, call(method, self.url + path, **kw))
+
+
+def _readings_scenarios(api: Driver, prefix: str, stream: str) -> None:
+    readings = prefix + "/streams/{stream}/readings"
+    bulk = prefix + "/readings"
+    state = prefix + "/streams/{stream}"
+
+    def status(answer: Response) -> int:
+        return answer.status
+
+    assert status(api("POST", readings, stream=stream, body={"values": [24.0], "seq": 1})) == 200
+    many = {"readings": [{"values": [24.5], "seq": 2}, {"values": [25.0], "seq": 3, "ts": "x"}]}
+    assert status(api("POST", readings, stream=stream, body=many)) == 200
+    retry = api("POST", readings, stream=stream, body=many)
+    assert retry.body["duplicate"] is True
+    stale = api("POST", readings, stream=stream, body={"values": [24.0], "seq": 1})
+    assert (stale.status, stale.body["error"]["current_seq"]) == (409, 3)
+    for body, code in [
+        ({"values": [24.0], "seq": 0}, "invalid_request"),
+        ({"values": [24.0, 1.0]}, "invalid_values"),
+    ]:
+        assert api("POST", readings, stream=stream, body=body).body["error"]["code"] == code
+    assert api("POST", readings, stream="a%20b", body={"values": [1]}).status == 400
+    big = {"values": [1.0], "ts": "x" * (1024 * 1024 + 10)}
+    assert api("POST", readings, stream=stream, body=big).status == 413
+    too_many = {"readings": [{"values": [1.0]}] * 2001}
+    assert api("POST", readings, stream=stream, body=too_many).status == 413
+
+    items: list[Any] = [
+        {"stream": stream, "values": [25.5]},
+        {"stream": stream + "-b", "readings": [{"values": [1.0]}, {"values": [2.0]}]},
+        {"stream": stream, "values": [25.5], "seq": 1},
+        {"stream": "bad id", "values": [1.0]},
+        {"stream": 7, "values": [1.0]},
+        {"stream": stream, "values": ["warm"]},
+        "not an object",
+    ]
+    mixed = api("POST", bulk, body={"readings": items})
+    codes = [r.get("error", {}).get("code") for r in mixed.body["results"]]
+    assert codes == [
+        None, None, "stale_seq", "invalid_stream_id", "invalid_stream_id", "invalid_values",
+        "invalid_request",
+    ]  # fmt: skip
+    assert api("POST", bulk, body={"readings": []}).status == 400
+    assert api("POST", bulk, raw=b"[" * 10 + b" " * (1024 * 1024)).status == 413
+
+    got = api("GET", state, stream=stream)
+    assert (got.status, got.body["seq"]) == (200, 4)
+    assert api("GET", state, stream="x" * 129).status == 400
+    assert api("DELETE", state, stream=stream).status == 204
+    for method in ("GET", "DELETE"):
+        assert api(method, state, stream=stream).body["error"]["code"] == "stream_not_found"
+    assert api("DELETE", state, stream="a%2Cb").status == 400
+
+
+def _events_scenario(api: Driver, prefix: str, stream: str) -> None:
+    """The SSE route's answers."""
+    events = prefix + "/streams/{stream}/events"
+    api("POST", prefix + "/streams/{stream}/readings", stream=stream, body={"values": [24.0]})
+    url = api.url + events.replace("{model}", "elnino").replace("{stream}", stream)
+    fields: dict[str, str] = {}
+    with urllib.request.urlopen(url + "?from=start", timeout=10) as answer:
+        assert answer.status == 200
+        assert answer.headers["Content-Type"].split(";")[0] == "text/event-stream"
+        for line in answer:  # up to the blank line that ends the first event
+            text = line.decode().rstrip("\r\n")
+            if not text and "data" in fields:
+                break
+            if text and not text.startswith(":"):
+                key, _, value = text.partition(":")
+                fields[key] = value.removeprefix(" ")
+    event = json.loads(fields["data"])
+    api.contract.validate_schema("PredictionEvent", event)
+    assert fields["id"] == f"{event['generation']}-{event['seq']}"
+    api.contract.seen.add(("GET", events, "200"))
+    bad = api("GET", events, stream=stream, query="?after=not-an-id")
+    assert bad.body["error"]["code"] == "invalid_request"
+    if prefix == LONG:
+        assert api("GET", events, model="nope", stream=stream).status == 404
+
+
+def test_every_answer_of_a_real_service_is_documented(
+    service: ServiceProcess,
+    redis_server: RedisServer,
+    redis_factory: Callable[[], RedisServer],
+    service_factory: Callable[..., ServiceProcess],
+    stream_id: str,
+    tmp_path: Path,
+) -> None:
+    seen: set[tuple[str, str, str]] = set()
+    api = Driver(service, seen)
+    for path in ("/healthz", "/readyz", "/metrics", "/v1/models"):
+        assert api("GET", path).status == 200
+    assert api("GET", "/v1/models/{model}").status == 200
+    assert api("GET", "/v1/models/{model}", model="nope").status == 404
+    registered = registered_routes(create_app(Settings(), models=load_models((), 1)))
+    for prefix in (LONG, SHORT):
+        _readings_scenarios(api, prefix, f"{stream_id}-{prefix.count('/')}")
+        _events_scenario(api, prefix, f"{stream_id}-events-{prefix.count('/')}")
+    for template in (LONG + "/streams/{stream}/readings", LONG + "/streams/{stream}"):
+        method = "POST" if template.endswith("readings") else "GET"
+        answer = api(method, template, model="nope", stream=stream_id, body={"values": [1]})
+        assert answer.body["error"]["code"] == "model_not_found"
+    assert api("POST", LONG + "/readings", model="nope", body={"readings": []}).status == 404
+    api.contract.check_component("UnknownPath", call("GET", service.url + "/v1/nothing"))
+    wrong = call("PUT", f"{service.url}/v1/streams/{stream_id}", {"values": [1]})
+    api.contract.check_component("MethodNotAllowed", wrong)
+
+    _several_models(service, redis_server, service_factory, stream_id, tmp_path, seen)
+    _outage(redis_factory, service_factory, stream_id, seen)
+
+    missed = api.contract.expected(registered) - seen
+    assert not missed, f"documented answers never exercised: {sorted(missed)}"
+
+
+def _several_models(
+    service: ServiceProcess,
+    redis_server: RedisServer,
+    service_factory: Callable[..., ServiceProcess],
+    stream_id: str,
+    tmp_path: Path,
+    seen: set[tuple[str, str, str]],
+) -> None:
+    """Two models and no default (the short paths answer 404), one of them a new version of the
+    demo model on the same Redis (streams the demo model wrote answer 409)."""
+    newer = _model_copy(tmp_path, "elnino", version="0000000000000001")
+    other = _model_copy(tmp_path, "sst")
+    multi = service_factory(
+        "--model", str(newer), "--model", str(other), env={"REDIS_URL": redis_server.url}
+    )
+    api = Driver(multi, seen)
+    assert api.contract.doc["components"]["parameters"]["Model"]["schema"]["enum"] == [
+        "elnino",
+        "sst",
+    ]
+    old = f"{stream_id}-old"
+    call("POST", f"{service.url}/v1/streams/{old}/readings", {"values": [24.0]})
+    path = LONG + "/streams/{stream}/readings"
+    refused = api("POST", path, stream=old, body={"values": [24.0]})
+    assert refused.body["error"]["code"] == "model_version_mismatch"
+    item = api("POST", LONG + "/readings", body={"readings": [{"stream": old, "values": [1.0]}]})
+    assert item.body["results"][0]["error"]["code"] == "model_version_mismatch"
+    for method, template, body in [
+        ("POST", SHORT + "/streams/{stream}/readings", {"values": [1.0]}),
+        ("POST", SHORT + "/readings", {"readings": [{"stream": old, "values": [1.0]}]}),
+        ("GET", SHORT + "/streams/{stream}", None),
+        ("DELETE", SHORT + "/streams/{stream}", None),
+        ("GET", SHORT + "/streams/{stream}/events", None),
+    ]:
+        answer = api(method, template, stream=old, body=body)
+        assert answer.body["error"]["code"] == "model_not_found"
+    assert api("GET", "/v1/models").body["default_model"] is None
+
+
+def _outage(
+    redis_factory: Callable[[], RedisServer],
+    service_factory: Callable[..., ServiceProcess],
+    stream_id: str,
+    seen: set[tuple[str, str, str]],
+) -> None:
+    """A frozen Redis (SIGSTOP: connections hang) behind a queue of one reading: requests time out
+    with 503 redis_unavailable, or find the queue full and get 503 overloaded at once."""
+    redis = redis_factory()
+    unavailable = service_factory(
+        "--queue-max-readings", "1", "--request-max-readings", "1",
+        env={"REDIS_URL": redis.url, "LSTM_REDIS_TIMEOUT_S": "1"},
+    )  # fmt: skip
+    api = Driver(unavailable, seen)
+    assert api("GET", "/readyz").status == 200
+    wanted = {
+        (method, prefix + suffix, "503")
+        for prefix in (LONG, SHORT)
+        for method, suffix in [
+            ("POST", "/streams/{stream}/readings"), ("POST", "/readings"),
+            ("GET", "/streams/{stream}"), ("DELETE", "/streams/{stream}"),
+            ("GET", "/streams/{stream}/events"),
+        ]
+    } | {("GET", "/readyz", "503")}  # fmt: skip
+    codes: set[str] = set()
+    assert redis.process is not None
+    os.kill(redis.process.pid, signal.SIGSTOP)
+    try:
+        for _ in range(5):  # which request meets which 503 is a race; all of them are 503s
+            with ThreadPoolExecutor(16) as pool:
+                answers = list(pool.map(lambda a: api(*a[:2], **a[2]), _burst(stream_id)))
+            codes |= {a.body["error"]["code"] for a in answers if a.status == 503}
+            if wanted <= seen and codes == {"redis_unavailable", "overloaded"}:
+                break
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+    assert wanted <= seen, sorted(wanted - seen)
+    assert codes == {"redis_unavailable", "overloaded"}
+
+
+def _burst(stream_id: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for k in range(3):
+        for prefix in (LONG, SHORT):
+            stream = f"{stream_id}-down-{k}"
+            yield "POST", prefix + "/streams/{stream}/readings", {
+                "stream": stream, "body": {"values": [24.0]}
+            }  # fmt: skip
+            yield "POST", prefix + "/readings", {
+                "body": {"readings": [{"stream": stream, "values": [24.0]}]}
+            }  # fmt: skip
+    for prefix in (LONG, SHORT):
+        yield "GET", prefix + "/streams/{stream}", {"stream": stream_id}
+        yield "DELETE", prefix + "/streams/{stream}", {"stream": stream_id}
+        yield "GET", prefix + "/streams/{stream}/events", {"stream": f"{stream_id}-sub"}
+    yield "GET", "/readyz", {}
+
+
+# -- a third-party consumer of the document ------------------------------------------------------
+
+FUZZ_CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+]
+
+
+@pytest.mark.slow
+def test_a_fuzzer_driven_by_the_document_finds_no_server_error_and_no_undocumented_answer(
+    service: ServiceProcess, tmp_path: Path
+) -> None:
+    """Schemathesis reads /openapi.json, generates valid and invalid requests for every operation
+    (a fixed, deterministic set, bounded by --max-examples) and checks each answer against it."""
+    # An event stream never ends, so a fuzzer would wait on each valid request until its timeout;
+    # _events_scenario checks those answers against the document instead.
+    skipped = ["/v1/models/{model}/streams/{stream}/events", "/v1/streams/{stream}/events"]
+    args = [
+        str(Path(sys.executable).parent / "st"), "run", f"{service.url}/openapi.json",
+        "--url", service.url, "--max-examples", "25", "--generation-deterministic",
+        "--phases", "examples,coverage,fuzzing", "--checks", ",".join(FUZZ_CHECKS),
+        "--request-timeout", "10", "--no-color",
+    ]  # fmt: skip
+    for path in skipped:
+        args += ["--exclude-path", path]
+    run = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    # The fuzzer leaves out only the event paths (and may leave out /openapi.json itself).
+    paths = call("GET", service.url + "/openapi.json").body["paths"]
+    operations = sum(len(item) for item in paths.values())
+    counts = re.search(r"Operations:\s+(\d+) selected / (\d+) total", run.stdout)
+    tested = re.search(r"Tested:\s+(\d+)", run.stdout)
+    assert counts and tested, run.stdout[-3000:]
+    selected, total = int(counts.group(1)), int(counts.group(2))
+    assert total - selected == len(skipped) and total >= operations - 1, counts.group(0)
+    assert int(tested.group(1)) == selected
+    generated = re.search(r"(\d+) generated", run.stdout)
+    assert generated and int(generated.group(1)) > 10 * operations, run.stdout[-3000:]
