@@ -256,7 +256,7 @@ OPTIONS: tuple[Option, ...] = (
         "events_max_len",
         "--events-max-len",
         "LSTM_EVENTS_MAX_LEN",
-        "1000",
+        "100",
         _positive_int,
         "events kept in each stream's log for subscribers to resume from (oldest dropped first)",
         "N",
@@ -354,7 +354,7 @@ class Settings:
     body_max_bytes: int = 1048576
     retry_after_s: int = 1
     inference_threads: int = 1
-    events_max_len: int = 1000
+    events_max_len: int = 100
     events_max_age_s: float = 86400.0
     subscriber_buffer_events: int = 1000
     sse_heartbeat_s: float = 15.0
