@@ -311,8 +311,13 @@ class _Node:
             await self.pubsub.sunsubscribe(channel)
 
     async def _read(self) -> None:
+        """Hand out messages until cancelled, reconnecting as needed; returns when there is
+        nothing left to listen to (the next subscription starts a new reader)."""
         delay = 0.1
         while True:
+            if not self.channels and self.pubsub.connection is None:
+                self.task = None
+                return
             try:
                 message = await self.pubsub.get_message(timeout=5.0)
             except (RedisError, OSError, RuntimeError) as exc:
@@ -322,21 +327,26 @@ class _Node:
                 delay = min(delay * 2, 2.0)
                 continue
             delay = 0.1
-            if message is None:
-                continue
-            kind = message["type"]
-            channel = message["channel"]
-            channel = channel.decode() if isinstance(channel, bytes) else channel
-            if kind == "smessage":
-                self.hub.dispatch(channel, message["data"])
-            elif kind == "ssubscribe":
-                future = self.confirmed.get(channel)
-                if future is not None and future.done():
-                    # A confirmation for a channel confirmed before: the client reconnected on
-                    # its own, and announcements in between are lost.
-                    self.hub.resync(channel)
-                elif future is not None:
-                    future.set_result(None)
+            if message is not None:
+                try:
+                    self._handle(message)
+                except Exception:  # a bug; the other messages and subscribers carry on
+                    log.exception("could not hand out an event message")
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        channel = message["channel"]
+        channel = channel.decode() if isinstance(channel, bytes) else channel
+        if kind == "smessage":
+            self.hub.dispatch(channel, message["data"])
+        elif kind == "ssubscribe":
+            future = self.confirmed.get(channel)
+            if future is not None and future.done():
+                # A confirmation for a channel confirmed before: the client reconnected on its
+                # own, and announcements in between are lost.
+                self.hub.resync(channel)
+            elif future is not None:
+                future.set_result(None)
 
     async def _reconnect(self, delay: float) -> None:
         """A new connection, every channel subscribed again, then every subscriber resynced."""
