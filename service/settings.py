@@ -259,6 +259,26 @@ OPTIONS: tuple[Option, ...] = (
         "log level",
         "LEVEL",
     ),
+    Option(
+        "log_format",
+        "--log-format",
+        "LSTM_LOG_FORMAT",
+        "json",
+        _choice("json", "text"),
+        "json: one JSON object per line on stderr (ts, level, logger, msg, request_id, ...); "
+        "text: the same for reading in a terminal",
+        "FORMAT",
+    ),
+    Option(
+        "workers",
+        "--workers",
+        "LSTM_WORKERS",
+        "1",
+        _positive_int,
+        "worker processes sharing the port (SO_REUSEPORT); above 1, a supervisor process starts, "
+        "restarts and stops them",
+        "N",
+    ),
 )
 
 
@@ -296,6 +316,8 @@ class Settings:
     inference_threads: int = 1
     key_prefix: str = "lstm"
     log_level: str = "info"
+    log_format: str = "json"
+    workers: int = 1
 
     @property
     def redis_url_redacted(self) -> str | None:

@@ -187,6 +187,12 @@ class StateStore:
     def state_key(self, model: str, stream: str) -> str:
         return f"{self.prefix}:{{{model}:{stream}}}:state"
 
+    def state_key_glob(self, model: str) -> str:
+        """A Redis glob matching the state keys of every stream of ``model`` and nothing else
+        (model names and stream ids hold no glob characters; the prefix may)."""
+        prefix = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
+        return f"{prefix}:{{{model}:*}}:state"
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
