@@ -8,7 +8,6 @@ Redis closed (and a private redis-server stopped).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -135,9 +134,7 @@ async def expiry_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await watcher.stop(task)
 
 
 async def batcher_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -72,11 +72,12 @@ class ExpiryWatcher:
         self._metrics = metrics
         self._timeout_s = timeout_s
         self._warned_config = False
+        self._stopping = False
 
     async def run(self) -> None:
-        """Watch until cancelled; reconnects by itself after Redis faults."""
+        """Watch until ``stop``; reconnects by itself after Redis faults."""
         delay = 1.0
-        while True:
+        while not self._stopping:
             try:
                 nodes = await self._primaries()
             except (RedisError, OSError) as exc:
@@ -112,9 +113,19 @@ class ExpiryWatcher:
         finally:
             await cluster.aclose()
 
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """Stop ``task`` (running ``run``). A cancellation that lands early in a connection's
+        life was seen to get lost inside redis-py, leaving the watcher to reconnect forever and
+        the shutdown waiting on it; so the loops also check a flag, and the task is cancelled
+        again until it ends."""
+        self._stopping = True
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+
     async def _watch(self, url: str) -> None:
         delay = 1.0
-        while True:
+        while not self._stopping:
             client = self._client(url)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:

@@ -198,7 +198,9 @@ class ServiceProcess:
         inherited = {
             k: v for k, v in os.environ.items() if not k.startswith("LSTM_") and k != "REDIS_URL"
         }
-        self.env = {**inherited, **(env or {})}
+        # Text logs: the log is read by a person when a test fails. Tests of the JSON format
+        # (the service's default) ask for it in ``env``.
+        self.env = {**inherited, "LSTM_LOG_FORMAT": "text", **(env or {})}
         self.log_path = log_dir / f"service-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
