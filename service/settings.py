@@ -379,6 +379,10 @@ def load_settings(
             f"--queue-max-readings ({settings.queue_max_readings}): such a request could never "
             "be queued"
         )
+    if settings.workers > 1 and settings.port == 0:
+        raise SettingsError(
+            "--port 0 would give each of the --workers its own free port: give the port to share"
+        )
     return settings
 
 

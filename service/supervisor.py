@@ -251,7 +251,10 @@ class Supervisor:
                 )
                 worker.process.kill()
                 worker.process.join()
-            if worker.process.exitcode != 0:
+            # One still starting when the signal came had accepted nothing: its default
+            # SIGTERM death is a clean stop too.
+            stopped_early = not worker.listening and worker.process.exitcode == -signal.SIGTERM
+            if worker.process.exitcode != 0 and not stopped_early:
                 clean = False
                 log.warning(
                     "worker %d exited with status %s", worker.index, worker.process.exitcode
