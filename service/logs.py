@@ -28,10 +28,19 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
+# The access log writes a record per request, so the per-record work is kept small: the date is
+# formatted once per second, and one encoder serves every record.
+_second: list[Any] = [-1, ""]
+# default=str: an odd extra value degrades to its text instead of losing the line.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def _timestamp(created: float) -> str:
     seconds = int(created)
+    if seconds != _second[0]:
+        _second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
     millis = int((created - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return f"{_second[1]}.{millis:03d}Z"
 
 
 def _fields(record: logging.LogRecord, static: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,8 +68,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(_fields(record, self.static))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        # default=str: an odd extra value degrades to its text instead of losing the line.
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return _ENCODER.encode(entry)
 
 
 class TextFormatter(logging.Formatter):
@@ -90,3 +98,7 @@ def configure_logging(level: str, fmt: str, static: Mapping[str, Any] | None = N
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # No formatter here shows thread or process names; not collecting them saves work per record.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

