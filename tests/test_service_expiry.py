@@ -8,8 +8,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
-from service_harness import RedisServer, ServiceProcess, call, json_log_records, metric
+from service_harness import (
+    RedisClusterServers,
+    RedisServer,
+    ServiceProcess,
+    call,
+    json_log_records,
+    metric,
+)
 from service_harness import scrape_metrics as scrape
 
 
@@ -24,7 +32,7 @@ def _wait_for_expired(service: ServiceProcess, count: int) -> None:
         time.sleep(0.1)
 
 
-def _wait_until_gone(client: redis.Redis, keys: list[str]) -> None:
+def _wait_until_gone(client: redis.Redis | redis.RedisCluster, keys: list[str]) -> None:
     deadline = time.monotonic() + 30
     while client.exists(*keys):
         assert time.monotonic() < deadline
@@ -115,3 +123,25 @@ def test_a_redis_that_refuses_config_leaves_the_count_at_0_with_one_warning(
         assert "lstm_streams_expired_total" in warnings[0]["msg"]
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_on_a_cluster_every_primary_is_watched(
+    tmp_path: Path, service_factory: Callable[..., ServiceProcess], stream_id: str
+) -> None:
+    cluster = RedisClusterServers(tmp_path / "cluster").start()
+    try:
+        service = service_factory("--state-ttl-s", "0.5", env={"REDIS_URL": cluster.url})
+        streams = [f"{stream_id}-{k}" for k in range(12)]
+        client = cluster.client()
+        _post(service, streams)
+        keys = [f"lstm:{{elnino:{s}}}:state" for s in streams]
+        owners = {client.get_node_from_key(k).name for k in keys}
+        assert len(owners) == 3  # the streams live on every primary
+        for key in keys:
+            _wait_until_gone(client, [key])
+        _wait_for_expired(service, len(streams))
+        time.sleep(0.5)
+        assert _expired(service) == len(streams)
+    finally:
+        cluster.stop()
