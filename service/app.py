@@ -1,8 +1,8 @@
 """``create_app(settings)``: routes, the error middleware and every resource's lifetime.
 
-Resources open in ``cleanup_ctx`` in dependency order (Redis, then the batcher) and close in
-reverse: on shutdown the batcher stops admitting, answers everything it admitted, and only then is
-Redis closed (and a private redis-server stopped).
+Resources open in ``cleanup_ctx`` in dependency order (Redis, the expiry watcher, the batcher)
+and close in reverse: on shutdown the batcher stops admitting, answers everything it admitted, and
+only then is Redis closed (and a private redis-server stopped).
 """
 
 from __future__ import annotations
