@@ -1,9 +1,9 @@
 """``create_app(settings)``: routes, the error middleware and every resource's lifetime.
 
-Resources open in ``cleanup_ctx`` in dependency order (Redis, the event hub, the batcher) and
-close in reverse: on shutdown event subscriptions end first (each told why), the batcher stops
-admitting and answers everything it admitted, and only then is Redis closed (and a private
-redis-server stopped).
+Resources open in ``cleanup_ctx`` in dependency order (Redis, the expiry watcher, the event hub,
+the batcher) and close in reverse: on shutdown event subscriptions end first (each told why), the
+batcher stops admitting and answers everything it admitted, and only then is Redis closed (and a
+private redis-server stopped).
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from .access_log import access_log_middleware, echo_request_id
 from .app_keys import BATCHER, HUB, METRICS, MODELS, SETTINGS, STORE
 from .batcher import Batcher
 from .cors import add_cors
 from .embedded_redis import EmbeddedRedis
 from .errors import ServiceError
 from .events import EventHub
+from .expiry import ExpiryWatcher
 from .metrics import Metrics
 from .model import ServedModel, load_models
 from .openapi import openapi_json
@@ -36,6 +38,9 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The Redis URL in use (REDIS_URL, or the private redis-server's), for the expiry watcher.
+_REDIS_URL = web.AppKey("redis_url", str)
 
 # Codes for errors aiohttp raises itself (unknown path, wrong method).
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -93,7 +98,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    body = request.app[METRICS].exposition()
     response = web.Response(body=body)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"
@@ -117,6 +122,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("Redis: %s", settings.redis_url_redacted)
     store = StateStore(url, settings.key_prefix, app[METRICS], settings.redis_timeout_s)
     app[STORE] = store
+    app[_REDIS_URL] = url
     try:
         yield
     finally:
@@ -140,6 +146,17 @@ async def end_subscriptions(app: web.Application) -> None:
     app[HUB].end_subscriptions()
 
 
+async def expiry_ctx(app: web.Application) -> AsyncIterator[None]:
+    store, models, settings = app[STORE], app[MODELS], app[SETTINGS]
+    globs = {store.state_key_glob(name): name for name in models}
+    watcher = ExpiryWatcher(app[_REDIS_URL], globs, app[METRICS], settings.redis_timeout_s)
+    task = asyncio.create_task(watcher.run(), name="expiry-watcher")
+    try:
+        yield
+    finally:
+        await watcher.stop(task)
+
+
 async def batcher_ctx(app: web.Application) -> AsyncIterator[None]:
     batcher = Batcher(app[STORE], app[SETTINGS], app[METRICS])
     app[BATCHER] = batcher
@@ -158,9 +175,17 @@ def create_app(
     settings: Settings,
     metrics: Metrics | None = None,
     models: dict[str, ServedModel] | None = None,
+    *,
+    watch_expiry: bool = True,
 ) -> web.Application:
-    """The application; loads the models now, so a bad model directory fails before listening."""
-    app = web.Application(client_max_size=settings.body_max_bytes, middlewares=[error_middleware])
+    """The application; loads the models now, so a bad model directory fails before listening.
+
+    ``watch_expiry``: count expired streams (``expiry.py``); exactly one process per replica
+    should, so workers other than the first pass False.
+    """
+    middlewares = [access_log_middleware, error_middleware]
+    app = web.Application(client_max_size=settings.body_max_bytes, middlewares=middlewares)
+    app.on_response_prepare.append(echo_request_id)
     app[SETTINGS] = settings
     app[METRICS] = metrics if metrics is not None else Metrics()
     served = (
@@ -174,7 +199,10 @@ def create_app(
         )
     for model in served.values():
         app[METRICS].model_info.labels(model.name, model.version).set(1)
+        app[METRICS].streams_expired.labels(model.name)
     app.cleanup_ctx.append(redis_ctx)
+    if watch_expiry and settings.state_ttl_s > 0:
+        app.cleanup_ctx.append(expiry_ctx)
     app.cleanup_ctx.append(hub_ctx)
     app.cleanup_ctx.append(batcher_ctx)
     app.on_shutdown.append(end_subscriptions)

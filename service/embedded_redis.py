@@ -78,9 +78,17 @@ class EmbeddedRedis:
                 "--save", "",
                 "--logfile", "redis.log",
                 "--daemonize", "no",
+                # Expired-key events, from which lstm_streams_expired_total is counted.
+                "--notify-keyspace-events", "Kx",
             ]  # fmt: skip
+            # A session of its own: a terminal's Ctrl-C reaches the service, not this server,
+            # which must outlive the service's drain and is stopped by it afterwards.
             self.process = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
             if self._wait_ready(timeout_s):
                 return

@@ -2,11 +2,20 @@
 
 Names carry base units (``_seconds``, ``_total``); labels are bounded (routes are route templates,
 never stream ids).
+
+With several worker processes on one port, a scrape reaches one worker at random, so each worker
+records into prometheus_client's per-process files under ``PROMETHEUS_MULTIPROC_DIR`` and every
+scrape aggregates all of them (``exposition``). prometheus_client decides at import time whether
+values go to those files, so the variable must be set before the process imports it; the
+supervisor sets it before it starts the workers. Gauges say how their per-process values combine.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = ["LATENCY_BUCKETS_S", "READING_OUTCOMES", "Metrics"]
 
@@ -36,8 +45,14 @@ READING_OUTCOMES = ("applied", "duplicate", "stale", "rejected", "failed")
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """The service's metrics. ``multiprocess_dir``: the ``PROMETHEUS_MULTIPROC_DIR`` this process
+    records into, when several processes serve one port; ``exposition`` then aggregates them."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, multiprocess_dir: Path | None = None
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir
         r = self.registry
         self.request_seconds = Histogram(
             "lstm_http_request_duration_seconds",
@@ -92,11 +107,28 @@ class Metrics:
             "Stream writes that lost a compare-and-set race and were recomputed",
             registry=r,
         )
-        self.queue_readings = Gauge(
-            "lstm_queue_readings", "Readings waiting for a batch", registry=r
+        self.streams_expired = Counter(
+            "lstm_streams_expired_total",
+            "Stream states Redis removed because the stream was idle for --state-ttl-s, as "
+            "Redis reports them (keyspace notifications, heard by one process per replica: "
+            "take max, not sum, across replicas). Stays 0 where notify-keyspace-events cannot "
+            "be enabled; expiries while that process is disconnected from Redis are missed.",
+            ["model"],
+            registry=r,
         )
+        self.queue_readings = Gauge(
+            "lstm_queue_readings",
+            "Readings waiting for a batch",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        # A gauge with labels, not an Info metric: Info does not work with several processes.
         self.model_info = Gauge(
-            "lstm_model_info", "Served models (value 1)", ["model", "version"], registry=r
+            "lstm_model_info",
+            "Served models (value 1)",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="max",
         )
         self.subscribers = Gauge(
             "lstm_subscribers",
@@ -115,3 +147,13 @@ class Metrics:
             self.subscribers_closed.labels(reason)
         for outcome in READING_OUTCOMES:
             self.readings.labels(outcome)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this process, or of every process sharing the directory."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()  # fresh per scrape: the collector reads the files anew
+        MultiProcessCollector(  # type: ignore[no-untyped-call]
+            registry, path=str(self.multiprocess_dir)
+        )
+        return generate_latest(registry)

@@ -319,6 +319,36 @@ OPTIONS: tuple[Option, ...] = (
         "log level",
         "LEVEL",
     ),
+    Option(
+        "log_format",
+        "--log-format",
+        "LSTM_LOG_FORMAT",
+        "json",
+        _choice("json", "text"),
+        "json: one JSON object per line on stderr (ts, level, logger, msg, request_id, ...); "
+        "text: the same for reading in a terminal",
+        "FORMAT",
+    ),
+    Option(
+        "access_log",
+        "--access-log",
+        "LSTM_ACCESS_LOG",
+        "on",
+        _choice("on", "off"),
+        "one info record per request (method, route template, status, duration, request id); "
+        "off saves about 15% of throughput when the CPU is the limit",
+        "MODE",
+    ),
+    Option(
+        "workers",
+        "--workers",
+        "LSTM_WORKERS",
+        "1",
+        _positive_int,
+        "worker processes sharing the port (SO_REUSEPORT); above 1, a supervisor process starts, "
+        "restarts and stops them",
+        "N",
+    ),
 )
 
 
@@ -361,6 +391,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     key_prefix: str = "lstm"
     log_level: str = "info"
+    log_format: str = "json"
+    access_log: str = "on"
+    workers: int = 1
 
     @property
     def redis_url_redacted(self) -> str | None:
@@ -426,6 +459,10 @@ def load_settings(
             f"--request-max-readings ({settings.request_max_readings}) is above "
             f"--queue-max-readings ({settings.queue_max_readings}): such a request could never "
             "be queued"
+        )
+    if settings.workers > 1 and settings.port == 0:
+        raise SettingsError(
+            "--port 0 would give each of the --workers its own free port: give the port to share"
         )
     return settings
 

@@ -353,6 +353,12 @@ class StateStore:
         tag = f"{self.prefix}:{{{model}:{stream}}}"
         return StreamKeys(f"{tag}:state", f"{tag}:events", f"{tag}:live")
 
+    def state_key_glob(self, model: str) -> str:
+        """A Redis glob matching the state keys of every stream of ``model`` and nothing else
+        (model names and stream ids hold no glob characters; the prefix may)."""
+        prefix = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
+        return f"{prefix}:{{{model}:*}}:state"
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -198,7 +199,9 @@ class ServiceProcess:
         inherited = {
             k: v for k, v in os.environ.items() if not k.startswith("LSTM_") and k != "REDIS_URL"
         }
-        self.env = {**inherited, **(env or {})}
+        # Text logs: the log is read by a person when a test fails. Tests of the JSON format
+        # (the service's default) ask for it in ``env``.
+        self.env = {**inherited, "LSTM_LOG_FORMAT": "text", **(env or {})}
         self.log_path = log_dir / f"service-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -258,3 +261,39 @@ async def post_all(
                 return answer.status, await answer.json()
 
         return await asyncio.gather(*(one(url, body) for url, body in requests))
+
+
+def scrape_metrics(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """``/metrics`` parsed with the Prometheus text parser: (sample name, labels) -> value."""
+    answer = call("GET", url + "/metrics")
+    assert answer.status == 200, answer.body
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(answer.body):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def metric(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    """One sample's value; a missing sample is an error, not 0."""
+    return samples[(name, frozenset(labels.items()))]
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (Linux)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(p) for p in (task / "children").read_text().split()]
+    return children
+
+
+def json_log_records(text: str) -> list[dict[str, Any]]:
+    """Every line of a JSON log, parsed; a line that is not one JSON object fails the test."""
+    records = []
+    for line in text.splitlines():
+        record = json.loads(line)
+        assert isinstance(record, dict), line
+        records.append(record)
+    return records

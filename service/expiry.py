@@ -1,0 +1,167 @@
+"""Counting streams that expired: Redis keyspace notifications for expired state keys.
+
+Idle streams end by Redis TTL, which no request sees, so the count comes from Redis itself: with
+``notify-keyspace-events`` holding ``K`` (keyspace channels) and ``x`` (expired events), Redis
+publishes ``expired`` on ``__keyspace@<db>__:<key>`` when it removes a key. One pattern
+subscription per served model (the pattern comes from the state store, which owns the key layout)
+filters on the server, so another deployment's keys in a shared Redis cost nothing.
+
+Limits, said in the metric's help and the README too:
+
+- Only one process of a replica watches (worker 0, or the single process), else each expiry would
+  count once per worker. Replicas on several hosts each count every expiry: aggregate with max.
+- On a Redis Cluster every primary publishes only its own keys' events, so each primary known at
+  start-up is watched (a primary added later is not).
+- Pub/sub does not queue: expiries while the watcher is disconnected are not counted.
+- When ``notify-keyspace-events`` lacks the flags, the watcher sets them with ``CONFIG SET`` (on a
+  shared server that is a change for everyone, and a restarted server forgets it, so it is redone
+  on every reconnection). Where ``CONFIG`` is refused (managed services often rename it), it
+  warns once and listens anyway: the count stays 0 unless the operator enabled ``Kx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from .metrics import Metrics
+
+__all__ = ["ExpiryWatcher", "with_expired_flags"]
+
+log = logging.getLogger(__name__)
+
+_SETTING = "notify-keyspace-events"
+_BACKOFF_MAX_S = 30.0
+
+
+def with_expired_flags(flags: str) -> str:
+    """``flags`` plus what expired-key events on keyspace channels need (``A`` includes ``x``)."""
+    if "K" not in flags:
+        flags += "K"
+    if "x" not in flags and "A" not in flags:
+        flags += "x"
+    return flags
+
+
+def _node_url(url: str, host: str, port: int) -> str:
+    """``url`` (credentials, TLS options and all) pointed at another node."""
+    parts = urlsplit(url)
+    auth = parts.netloc.rpartition("@")[0]
+    netloc = f"{auth}@{host}:{port}" if auth else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class ExpiryWatcher:
+    """Counts expiries of state keys into ``lstm_streams_expired_total{model}``.
+
+    ``key_globs`` maps a glob that matches a model's state keys to that model's name.
+    """
+
+    def __init__(
+        self, url: str, key_globs: Mapping[str, str], metrics: Metrics, timeout_s: float
+    ) -> None:
+        self._url = url
+        self._globs = dict(key_globs)
+        self._metrics = metrics
+        self._timeout_s = timeout_s
+        self._warned_config = False
+        self._stopping = False
+
+    async def run(self) -> None:
+        """Watch until ``stop``; reconnects by itself after Redis faults."""
+        delay = 1.0
+        while not self._stopping:
+            try:
+                nodes = await self._primaries()
+            except (RedisError, OSError) as exc:
+                log.debug("expiry watcher: Redis did not answer (%s)", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+                continue
+            await asyncio.gather(*(self._watch(node) for node in nodes))
+
+    def _client(self, url: str) -> Redis:
+        # No retries inside redis-py: a fault must reach _watch, which re-checks the server's
+        # notify-keyspace-events (a restarted server forgot a CONFIG SET) before resubscribing.
+        return Redis.from_url(
+            url,
+            socket_connect_timeout=self._timeout_s,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    async def _primaries(self) -> list[str]:
+        """URLs of the nodes that publish expiries: the server, or each cluster primary."""
+        probe = self._client(self._url)
+        try:
+            info = await probe.info("cluster")
+        finally:
+            await probe.aclose()
+        if str(info.get("cluster_enabled", 0)) != "1":
+            return [self._url]
+        cluster = RedisCluster.from_url(self._url, socket_connect_timeout=5.0)
+        try:
+            await cluster.initialize()
+            return [_node_url(self._url, n.host, int(n.port)) for n in cluster.get_primaries()]
+        finally:
+            await cluster.aclose()
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """Stop ``task`` (running ``run``). A cancellation that lands early in a connection's
+        life was seen to get lost inside redis-py, leaving the watcher to reconnect forever and
+        the shutdown waiting on it; so the loops also check a flag, and the task is cancelled
+        again until it ends."""
+        self._stopping = True
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+
+    async def _watch(self, url: str) -> None:
+        delay = 1.0
+        while not self._stopping:
+            client = self._client(url)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await self._enable_notifications(client)
+                db = int(client.connection_pool.connection_kwargs.get("db", 0))
+                patterns = {f"__keyspace@{db}__:{glob}": m for glob, m in self._globs.items()}
+                await pubsub.psubscribe(*patterns)
+                delay = 1.0
+                while True:
+                    message = await pubsub.get_message(timeout=10.0)
+                    if message is not None and message["data"] in (b"expired", "expired"):
+                        pattern = message["pattern"]
+                        pattern = pattern.decode() if isinstance(pattern, bytes) else pattern
+                        model = patterns.get(pattern)
+                        if model is not None:
+                            self._metrics.streams_expired.labels(model).inc()
+            except (RedisError, OSError) as exc:
+                log.debug("expiry watcher: Redis did not answer (%s)", type(exc).__name__)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await client.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    async def _enable_notifications(self, client: Redis) -> None:
+        try:
+            current = str((await client.config_get(_SETTING)).get(_SETTING) or "")
+            wanted = with_expired_flags(current)
+            if wanted != current:
+                await client.config_set(_SETTING, wanted)
+                log.info("Redis: set notify-keyspace-events to %r to count expired streams", wanted)
+        except ResponseError as exc:  # CONFIG renamed away, or not permitted for this user
+            if not self._warned_config:
+                self._warned_config = True
+                log.warning(
+                    "Redis refused CONFIG (%s): lstm_streams_expired_total counts only if the "
+                    "server's notify-keyspace-events already holds K and x",
+                    exc,
+                )

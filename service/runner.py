@@ -1,0 +1,140 @@
+"""Serve the application in this process until SIGTERM or SIGINT, then drain and stop.
+
+The shutdown order is aiohttp's: close the listening socket (nothing new is accepted), let every
+request in flight finish (up to ``SHUTDOWN_TIMEOUT_S``), then close the resources in reverse order
+of opening: the batcher answers everything it admitted, then Redis is closed and a private
+redis-server stopped. A second signal while draining changes nothing, so a terminal's Ctrl-C that
+reaches both a supervisor and its workers cannot cut a drain short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import create_app
+from .app_keys import MODELS
+from .embedded_redis import EmbeddedRedisError
+from .metrics import Metrics
+from .model import ModelLoadError
+from .settings import Settings
+
+__all__ = ["SHUTDOWN_TIMEOUT_S", "run_server", "serve"]
+
+log = logging.getLogger(__name__)
+
+# Requests still running this long after a stop signal are cancelled; their readings, once queued,
+# are still applied by the batcher (and a retry with the same seq gets the stored result).
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def _freeze_startup_objects() -> None:
+    """Keep the garbage collector's full passes off the request path.
+
+    Everything imported and loaded at start-up (onnxruntime, numpy, aiohttp, the models) lives as
+    long as the process; left in the collected generations, every full collection walks all of it
+    and stalls the event loop for tens of milliseconds, which showed as a p99 three times the p50
+    in bench/bench_service.py. Frozen, those objects are never scanned again.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+async def _serve(
+    app: web.Application,
+    settings: Settings,
+    reuse_port: bool,
+    on_listening: Callable[[], None] | None,
+    parent_pid: int | None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()  # opens the resources (cleanup_ctx), may raise
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
+        await site.start()
+        _freeze_startup_objects()
+        if on_listening is not None:
+            on_listening()
+        if parent_pid is None:
+            await stop.wait()
+        else:
+            await _until_stopped_or_orphaned(stop, parent_pid)
+        log.info("stopping: draining queued and in-flight readings")
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+async def _until_stopped_or_orphaned(stop: asyncio.Event, parent_pid: int) -> None:
+    """A worker whose supervisor died (SIGKILL leaves no chance to forward a signal) drains and
+    stops by itself rather than serving on unsupervised."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        except TimeoutError:
+            if os.getppid() != parent_pid:
+                log.warning("the supervisor is gone: stopping")
+                return
+
+
+def serve(
+    app: web.Application,
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    on_listening: Callable[[], None] | None = None,
+    parent_pid: int | None = None,
+) -> None:
+    """Run ``app`` on ``settings.host:settings.port`` until a stop signal; raises OSError when it
+    cannot listen, and whatever a resource raised while opening."""
+    asyncio.run(_serve(app, settings, reuse_port, on_listening, parent_pid))
+
+
+def run_server(
+    settings: Settings,
+    *,
+    metrics_dir: Path | None = None,
+    watch_expiry: bool = True,
+    reuse_port: bool = False,
+    on_listening: Callable[[], None] | None = None,
+    parent_pid: int | None = None,
+) -> int:
+    """Build the app and serve it; the exit status: 0 after a clean stop, 1 when it could not
+    start (a bad model, no redis-server, the port taken), with one line on stderr saying why."""
+    try:
+        app = create_app(settings, Metrics(multiprocess_dir=metrics_dir), watch_expiry=watch_expiry)
+    except (ModelLoadError, ValueError) as exc:
+        print(f"lstm-serve: {exc}", file=sys.stderr)
+        return 1
+    served = ", ".join(f"{m.name} (version {m.version})" for m in app[MODELS].values())
+    log.info("serving %s on http://%s:%d", served, settings.host, settings.port)
+    try:
+        serve(
+            app,
+            settings,
+            reuse_port=reuse_port,
+            on_listening=on_listening,
+            parent_pid=parent_pid,
+        )
+    except EmbeddedRedisError as exc:
+        print(f"lstm-serve: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(
+            f"lstm-serve: cannot listen on {settings.host}:{settings.port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
