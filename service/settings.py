@@ -258,7 +258,8 @@ OPTIONS: tuple[Option, ...] = (
         "LSTM_EVENTS_MAX_LEN",
         "100",
         _positive_int,
-        "events kept in each stream's log for subscribers to resume from (oldest dropped first)",
+        "events kept in each stream's log for subscribers to resume from (oldest dropped "
+        "first, a tenth more allowed between trims)",
         "N",
     ),
     Option(

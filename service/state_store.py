@@ -82,11 +82,10 @@ GUARD_BYTES = 16
 # A new generation must sort after everything its log ever held (ids must increase); if it does not
 # (two replicas' clocks), nothing is written and the log's last generation is returned, so the
 # caller retries with a later one.
-# Trimming deletes entries with XDEL rather than XTRIM because only XDEL records the largest id
-# ever removed (max-deleted-entry-id), which is how a resuming reader learns exactly what it lost.
-# A log created anew (never written, or expired) gets a floor: an entry just below its first id,
-# deleted at once, so a reader holding an id from an earlier life of the log learns that whatever
-# followed that id is gone.
+# Trimming records the largest id it removed as the log's max-deleted-entry-id (XSETID; XTRIM
+# alone does not), which is how a resuming reader learns exactly what it lost. A log created anew
+# (never written, or expired) starts with a floor there, an id just below its first event's, so a
+# reader holding an id from an earlier life of the log learns that whatever followed it is gone.
 # Returns per stream 1 (written), 0 (guard differed: someone else advanced or ended the stream) or
 # the log's last generation as a string (generation too old).
 COMMIT_SCRIPT = """
@@ -104,31 +103,22 @@ local function id_less(a, b)
   if ag ~= bg then return num_less(ag, bg) end
   return num_less(as, bs)
 end
-local function delete_ids(log, entries, upto)
-  local ids = {}
-  for j = 1, upto do ids[j] = entries[j][1] end
-  if #ids > 0 then redis.call('XDEL', log, unpack(ids)) end
-  return #ids
-end
-local function trim(log, max_len, cutoff)
-  local excess = redis.call('XLEN', log) - max_len
-  while excess > 0 do
-    local old = redis.call('XRANGE', log, '-', '+', 'COUNT', math.min(excess, 1000))
-    excess = excess - delete_ids(log, old, #old)
-  end
-  if cutoff <= 0 then return end
-  local count = 1
-  while true do
-    local old = redis.call('XRANGE', log, '-', '+', 'COUNT', count)
-    local expired = 0
-    for j, entry in ipairs(old) do
-      if tonumber(entry[2][4]) >= cutoff then break end
-      expired = j
+local function trim(log, len, max_len, cutoff, last_id)
+  -- A full log is trimmed once it is a tenth over its bound, back down to the bound, so that a
+  -- busy stream pays for trimming every few writes rather than on each. A log that is not full
+  -- (a slow or young stream) is checked for age on every write.
+  if len >= max_len and len < max_len + math.max(1, math.floor(max_len / 10)) then return end
+  local drop = math.max(len - max_len, 0)
+  local head = redis.call('XRANGE', log, '-', '+', 'COUNT', drop + 1)
+  while cutoff > 0 and tonumber(head[drop + 1][2][4]) < cutoff do
+    drop = drop + 1  -- the newest entries are this write's, never too old: this ends
+    if head[drop + 1] == nil then
+      head = redis.call('XRANGE', log, '-', '+', 'COUNT', drop + 100)
     end
-    delete_ids(log, old, expired)
-    if expired < #old or #old == 0 then return end
-    count = 100
   end
+  if drop == 0 then return end
+  redis.call('XTRIM', log, 'MINID', head[drop + 1][1])
+  redis.call('XSETID', log, last_id, 'MAXDELETEDID', head[drop][1])
 end
 
 local state_ttl = tonumber(ARGV[1])
@@ -146,7 +136,8 @@ for i = 1, #KEYS / 2 do
   a = first + 4 * tonumber(ARGV[a + 7])
   local head = redis.call('GETRANGE', key, 0, 23)
   if string.sub(head, 1, 16) == guard then
-    local fresh = redis.call('EXISTS', log) == 0
+    local len = redis.call('XLEN', log)
+    local fresh = len == 0 and redis.call('EXISTS', log) == 0
     local ok = true
     if guard == '' and not fresh then
       local info = redis.call('XINFO', 'STREAM', log)
@@ -164,15 +155,14 @@ for i = 1, #KEYS / 2 do
       else
         redis.call('SET', key, record)
       end
-      if fresh then
-        redis.call('XADD', log, floor, 'v', version, 't', now, 'x', '', 'y', '', 'r', '')
-        redis.call('XDEL', log, floor)
-      end
       for e = first, a - 1, 4 do
         redis.call('XADD', log, ARGV[e], 'v', version, 't', now, 'x', ARGV[e + 1],
           'y', ARGV[e + 2], 'r', ARGV[e + 3])
       end
-      trim(log, max_len, cutoff)
+      if fresh then
+        redis.call('XSETID', log, ARGV[a - 4], 'MAXDELETEDID', floor)
+      end
+      trim(log, len + (a - first) / 4, max_len, cutoff, ARGV[a - 4])
       if log_ttl > 0 then redis.call('PEXPIRE', log, log_ttl) end
       redis.call('SPUBLISH', channel, prev .. '\\n' .. message)
       written[i] = 1
