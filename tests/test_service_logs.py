@@ -27,7 +27,11 @@ def test_every_line_is_json_with_request_ids_and_no_secret_or_reading(
     try:
         # Two workers: the supervisor's lines are JSON too.
         service = service_factory(
-            "--workers", "2", env={"REDIS_URL": server.url, "LSTM_LOG_FORMAT": "json"}
+            "--workers",
+            "2",
+            "--access-log",
+            "on",
+            env={"REDIS_URL": server.url, "LSTM_LOG_FORMAT": "json"},
         )
         url = f"{service.url}/v1/streams/{stream_id}/readings"
         given = "trace-0af7651916cd43dd8448eb211c80319c"
@@ -95,7 +99,9 @@ def test_records_logged_during_a_request_carry_its_id() -> None:
 def test_text_format_is_for_people(
     redis_server: RedisServer, service_factory: Callable[..., ServiceProcess]
 ) -> None:
-    service = service_factory(env={"REDIS_URL": redis_server.url, "LSTM_LOG_FORMAT": "text"})
+    service = service_factory(
+        "--access-log", "on", env={"REDIS_URL": redis_server.url, "LSTM_LOG_FORMAT": "text"}
+    )
     assert call("GET", service.url + "/healthz").status == 200
     service.stop()
     lines = service.log().splitlines()
