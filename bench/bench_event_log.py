@@ -25,13 +25,8 @@ import redis
 
 from service.events import log_append
 from service.metrics import Metrics
-from service.state_store import (
-    LogPolicy,
-    StateStore,
-    Write,
-    encode_record,
-    guard_of,
-)
+from service.record import encode_record, guard_of
+from service.state_store import LogPolicy, StateStore, Write
 
 VERSION = "19f94faff40a45e0"  # a model fingerprint is 16 hex digits
 

@@ -22,7 +22,7 @@ from .batcher import Batcher
 from .cors import add_cors
 from .embedded_redis import EmbeddedRedis
 from .errors import ServiceError
-from .events import EventHub
+from .event_hub import EventHub
 from .expiry import ExpiryWatcher
 from .metrics import Metrics
 from .model import ServedModel, load_models

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .batcher import Batcher
-from .events import EventHub
+from .event_hub import EventHub
 from .metrics import Metrics
 from .model import ServedModel
 from .settings import Settings

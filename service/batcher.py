@@ -28,8 +28,9 @@ from .events import log_append
 from .metrics import Metrics
 from .model import ServedModel
 from .plan import Applied, Duplicate, StreamPlan, Unit, UnitResult, plan_stream
+from .record import StreamState, encode_record
 from .settings import Settings
-from .state_store import LogPolicy, StateStore, StreamState, Write, encode_record
+from .state_store import LogPolicy, StateStore, Write
 
 __all__ = ["Batcher"]
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import ModelVersionMismatch, ServiceError, StaleSeq
 from .model import ServedModel
-from .state_store import StreamState
+from .record import StreamState
 
 __all__ = ["SEQ_MAX", "Reading", "StreamPlan", "Unit", "UnitResult", "plan_stream"]
 

@@ -30,17 +30,8 @@ from aiohttp import web
 
 from .app_keys import HUB, SETTINGS, STORE
 from .errors import InvalidRequest, ServiceError
-from .events import (
-    CLOSED,
-    RESYNC,
-    Event,
-    EventId,
-    LiveBatch,
-    Subscription,
-    events_from_log,
-    format_id,
-    parse_event_id,
-)
+from .event_hub import CLOSED, RESYNC, Subscription
+from .events import Event, EventId, LiveBatch, events_from_log, format_id, parse_event_id
 from .routes_v1 import model_for
 from .wire import check_stream_id
 

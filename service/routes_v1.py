@@ -19,7 +19,7 @@ from .app_keys import BATCHER, MODELS, SETTINGS, STORE
 from .errors import InvalidRequest, ModelNotFound, PayloadTooLarge, ServiceError, StreamNotFound
 from .model import ServedModel
 from .plan import Unit, UnitResult
-from .state_store import StreamState
+from .record import StreamState
 from .wire import (
     check_stream_id,
     error_json,

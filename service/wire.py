@@ -19,7 +19,7 @@ from typing import Any
 from .errors import InvalidRequest, InvalidStreamId, InvalidValues, PayloadTooLarge, ServiceError
 from .model import ServedModel
 from .plan import SEQ_MAX, Reading, UnitResult
-from .state_store import StreamState
+from .record import StreamState
 
 __all__ = [
     "STREAM_ID",

@@ -11,7 +11,7 @@ import pytest
 from service.errors import ModelVersionMismatch, StaleSeq
 from service.model import ServedModel, load_models
 from service.plan import Applied, Duplicate, Reading, Unit, plan_stream
-from service.state_store import GUARD_BYTES, StreamState, encode_record, guard_of
+from service.record import GUARD_BYTES, StreamState, encode_record, guard_of
 
 
 @pytest.fixture(scope="module")

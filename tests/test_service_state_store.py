@@ -11,7 +11,8 @@ from service_harness import RedisServer
 
 from service.events import log_append
 from service.metrics import Metrics
-from service.state_store import LogChunk, LogPolicy, StateStore, Write, encode_record, guard_of
+from service.record import encode_record, guard_of
+from service.state_store import LogChunk, LogPolicy, StateStore, Write
 
 KEEP_ALL = LogPolicy(max_len=1000, max_age_ms=0)
 

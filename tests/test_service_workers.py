@@ -59,7 +59,11 @@ def test_two_workers_serve_any_stream_and_metrics_count_every_worker(
 ) -> None:
     service = _all_listening(
         service_factory(
-            "--workers", "2", env={"REDIS_URL": redis_server.url, "LSTM_LOG_FORMAT": "json"}
+            "--workers",
+            "2",
+            "--access-log",
+            "on",  # the access records say which worker answered
+            env={"REDIS_URL": redis_server.url, "LSTM_LOG_FORMAT": "json"},
         )
     )
     url = f"{service.url}/v1/streams/{stream_id}"
@@ -121,7 +125,11 @@ def test_a_dead_worker_is_restarted_and_its_counts_are_kept(
 ) -> None:
     service = _all_listening(
         service_factory(
-            "--workers", "2", env={"REDIS_URL": redis_server.url, "LSTM_LOG_FORMAT": "json"}
+            "--workers",
+            "2",
+            "--access-log",
+            "on",  # the access records say which worker answered
+            env={"REDIS_URL": redis_server.url, "LSTM_LOG_FORMAT": "json"},
         )
     )
     url = f"{service.url}/v1/streams/{stream_id}/readings"
