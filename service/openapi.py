@@ -518,7 +518,12 @@ def _stream_paths(prefix: str, suffix: str, model_params: list[str]) -> dict[str
                         "description": "An event stream. Each event has `id: {generation}-{seq}` "
                         "and `data:` one PredictionEvent as JSON; reconnecting with "
                         "Last-Event-ID (or ?after=) resumes after that event, ?from=start "
-                        "replays the retained events first.",
+                        "replays the retained events first. Two other event types carry no "
+                        "id: `event: gap` (data `{after, lost_through, first_held, message}`: "
+                        "events the log no longer holds) and `event: closed` (data "
+                        "`{code, message}`: the service ended the stream, e.g. "
+                        "`subscriber_too_slow` or `shutting_down`; reconnect to resume). "
+                        "Comment lines are heartbeats.",
                         "content": {
                             "text/event-stream": {
                                 "schema": {"type": "string"},
