@@ -220,4 +220,6 @@ async def _follow(feed: _Feed, heartbeat_s: float) -> None:
 
 def add_event_routes(app: web.Application) -> None:
     for prefix in ("/v1/models/{model}", "/v1"):
-        app.router.add_get(prefix + "/streams/{stream}/events", get_events)
+        # No HEAD: its answer has no body, so an event stream would never notice that its
+        # client left and would hold a subscription until shutdown.
+        app.router.add_get(prefix + "/streams/{stream}/events", get_events, allow_head=False)

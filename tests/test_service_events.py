@@ -166,6 +166,8 @@ def test_bad_requests_get_json_errors(service: ServiceProcess, stream_id: str) -
         assert answer.status == 404 and answer.body()["error"]["code"] == "model_not_found"
     with SseStream(f"{service.url}/v1/streams/bad%20id/events") as answer:
         assert answer.status == 400 and answer.body()["error"]["code"] == "invalid_stream_id"
+    head = call("HEAD", _events_url(service, stream_id), timeout=5)
+    assert head.status == 405 and head.headers["Allow"] == "GET"
 
 
 def _closed_too_slow(service: ServiceProcess) -> float:
