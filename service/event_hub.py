@@ -105,6 +105,9 @@ class _Node:
         self.pubsub = client.pubsub()
         self.channels: set[str] = set()
         self.confirmed: dict[str, asyncio.Future[None]] = {}
+        # Channels subscribed again after a lost connection: their subscribers catch up from the
+        # log once Redis confirms, so that nothing announced before then is missed.
+        self.resubscribed: set[str] = set()
         self.task: asyncio.Task[None] | None = None  # started by the first subscription
 
     async def subscribe(self, channel: str) -> None:
@@ -157,15 +160,19 @@ class _Node:
             self.hub.dispatch(channel, message["data"])
         elif kind == "ssubscribe":
             future = self.confirmed.get(channel)
-            if future is not None and future.done():
+            if future is not None and future.done() and channel not in self.resubscribed:
                 # A confirmation for a channel confirmed before: the client reconnected on its
                 # own, and announcements in between are lost.
                 self.hub.resync(channel)
-            elif future is not None:
+            elif future is not None and not future.done():
                 future.set_result(None)
+            if channel in self.resubscribed:
+                self.resubscribed.discard(channel)
+                self.hub.resync(channel)
 
     async def _reconnect(self, delay: float) -> None:
-        """A new connection, every channel subscribed again, then every subscriber resynced."""
+        """A new connection with every channel subscribed again; each channel's subscribers
+        catch up from the log when Redis confirms it."""
         with contextlib.suppress(Exception):
             await self.pubsub.aclose()  # type: ignore[no-untyped-call]
         await asyncio.sleep(delay)
@@ -176,13 +183,12 @@ class _Node:
             if old is not None and not old.done():
                 future = old  # a subscriber is waiting on this one
             self.confirmed[channel] = future
+        self.resubscribed = set(self.channels)
         try:
             if self.channels:
                 await self.pubsub.ssubscribe(*self.channels)
         except (RedisError, OSError):
             return  # the next read fails too and we come back here
-        for channel in list(self.channels):
-            self.hub.resync(channel)
 
     async def close(self) -> None:
         if self.task is not None:

@@ -33,6 +33,7 @@ from .errors import InvalidRequest, ServiceError
 from .event_hub import CLOSED, RESYNC, Subscription
 from .events import Event, EventId, LiveBatch, events_from_log, format_id, parse_event_id
 from .routes_v1 import model_for
+from .settings import Settings
 from .wire import check_stream_id
 
 __all__ = ["add_event_routes"]
@@ -138,7 +139,7 @@ class _Feed:
         exists: bool,
         deleted_id: str,
         entries: list[tuple[str, dict[bytes, bytes]]],
-        settings: Any,
+        settings: Settings,
     ) -> None:
         after = format_id(self.last) if self.last is not None else None
         first = entries[0][0] if entries else None
