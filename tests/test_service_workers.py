@@ -54,18 +54,18 @@ def _worker_pids(service: ServiceProcess) -> list[int]:
     return [p for p in pids if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
+def _two_workers(
+    redis_server: RedisServer, service_factory: Callable[..., ServiceProcess]
+) -> ServiceProcess:
+    """Two workers on one Redis, both listening; JSON access records say which one answered."""
+    env = {"REDIS_URL": redis_server.url, "LSTM_LOG_FORMAT": "json"}
+    return _all_listening(service_factory("--workers", "2", "--access-log", "on", env=env))
+
+
 def test_two_workers_serve_any_stream_and_metrics_count_every_worker(
     redis_server: RedisServer, service_factory: Callable[..., ServiceProcess], stream_id: str
 ) -> None:
-    service = _all_listening(
-        service_factory(
-            "--workers",
-            "2",
-            "--access-log",
-            "on",  # the access records say which worker answered
-            env={"REDIS_URL": redis_server.url, "LSTM_LOG_FORMAT": "json"},
-        )
-    )
+    service = _two_workers(redis_server, service_factory)
     url = f"{service.url}/v1/streams/{stream_id}"
     # Every call is a new connection, which the kernel hands to either worker: one stream goes
     # back and forth between them and still counts 1, 2, 3, ...
@@ -123,15 +123,7 @@ def test_two_workers_serve_any_stream_and_metrics_count_every_worker(
 def test_a_dead_worker_is_restarted_and_its_counts_are_kept(
     redis_server: RedisServer, service_factory: Callable[..., ServiceProcess], stream_id: str
 ) -> None:
-    service = _all_listening(
-        service_factory(
-            "--workers",
-            "2",
-            "--access-log",
-            "on",  # the access records say which worker answered
-            env={"REDIS_URL": redis_server.url, "LSTM_LOG_FORMAT": "json"},
-        )
-    )
+    service = _two_workers(redis_server, service_factory)
     url = f"{service.url}/v1/streams/{stream_id}/readings"
     for seq in range(1, 21):
         assert call("POST", url, {"values": [24.0], "seq": seq}).status == 200
