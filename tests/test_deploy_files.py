@@ -1,15 +1,17 @@
-"""The container, compose and Kubernetes files, checked without Docker or a cluster: the build
-context holds what the Dockerfile copies and builds a package that carries the demo model and no
-torch; the image runs as a non-root user with a health check that really answers; the compose
-file wires the service, a persistent Redis and a Prometheus that scrapes the service where it
-listens; the Kubernetes manifests set only options the service has, probe and reach the port it
-listens on, take the Redis URL from their Secret and outlast the service's drain."""
+"""The container, compose, Kubernetes and Grafana files, checked without Docker or a cluster: the
+build context holds what the Dockerfile copies and builds a package that carries the demo model
+and no torch; the image runs as a non-root user with a health check that really answers; the
+compose file wires the service, a persistent Redis and a Prometheus that scrapes the service where
+it listens; the Kubernetes manifests set only options the service has, probe and reach the port it
+listens on, take the Redis URL from their Secret and outlast the service's drain; the Grafana
+dashboard queries only metrics a running service exports, from the compose file's Prometheus."""
 
 from __future__ import annotations
 
 import ast
 import base64
 import importlib.metadata
+import json
 import re
 import shlex
 import shutil
@@ -19,10 +21,12 @@ import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from service_harness import ROOT, ServiceProcess, free_port
+from prometheus_client.parser import text_string_to_metric_families
+from service_harness import ROOT, ServiceProcess, call, free_port
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
@@ -252,7 +256,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 def test_compose_runs_the_service_against_a_persistent_redis() -> None:
     services = compose()["services"]
-    assert set(services) == {"lstm-serve", "redis", "prometheus"}
+    assert set(services) == {"lstm-serve", "redis", "prometheus", "grafana"}
     app, redis = services["lstm-serve"], services["redis"]
     build = app["build"]
     context = COMPOSE.parent / build["context"]
@@ -478,3 +482,118 @@ def test_the_pod_runs_as_the_images_user_and_writes_only_to_its_volumes() -> Non
         assert "XDG_CACHE_HOME" in env and is_writable(env["XDG_CACHE_HOME"])
         if "PROMETHEUS_MULTIPROC_DIR" in env:
             assert is_writable(env["PROMETHEUS_MULTIPROC_DIR"])
+
+
+# -- Grafana ---------------------------------------------------------------------------------------
+
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "lstm-serve.json"
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    """Every panel of the dashboard, rows and the panels of collapsed rows included."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = []
+    for panel in dashboard["panels"]:
+        panels.append(panel)
+        panels += panel.get("panels", [])
+    return panels
+
+
+def dashboard_expressions() -> list[str]:
+    return [t["expr"] for p in dashboard_panels() for t in p.get("targets", [])]
+
+
+def compose_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """A compose service's bind mounts: container path -> the host path (volumes left out)."""
+    mounts = {}
+    for volume in service["volumes"]:
+        host, container = volume.split(":")[:2]
+        if host.startswith("."):
+            mounts[container.rstrip("/")] = (COMPOSE.parent / host).resolve()
+    return mounts
+
+
+def test_the_dashboard_parses_and_its_panels_have_unique_ids() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"] and isinstance(dashboard["schemaVersion"], int)
+    panels = dashboard_panels()
+    ids = [p["id"] for p in panels]
+    assert all(isinstance(i, int) for i in ids) and len(ids) == len(set(ids)), ids
+    variables = {v["name"]: v for v in dashboard.get("templating", {}).get("list", [])}
+    graphs = [p for p in panels if p["type"] != "row"]
+    assert len(graphs) >= 10
+    for panel in graphs:
+        assert panel["title"] and panel["targets"], panel["id"]
+        ref_ids = [t["refId"] for t in panel["targets"]]
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+        for source in [panel["datasource"], *(t.get("datasource") for t in panel["targets"])]:
+            if source is None:
+                continue
+            assert source["type"] == "prometheus", panel["title"]
+            variable = re.fullmatch(r"\$\{(\w+)\}", source["uid"])
+            assert variable, "a datasource variable, so the dashboard imports anywhere"
+            chosen = variables[variable.group(1)]
+            assert chosen["type"] == "datasource" and chosen["query"] == "prometheus"
+
+
+def test_every_metric_the_dashboard_queries_is_one_the_service_exports(
+    service: ServiceProcess,
+) -> None:
+    answer = call("GET", service.url + "/metrics")
+    assert answer.status == 200
+    families = {f.name: f.type for f in text_string_to_metric_families(answer.body)}
+    # Without a multiprocess directory prometheus_client adds a timestamp series, X_created, to
+    # each counter and histogram X: not a metric of the service.
+    exported = {
+        name: kind
+        for name, kind in families.items()
+        if name.startswith("lstm_")
+        and not (name.endswith("_created") and name.removesuffix("_created") in families)
+    }
+    metrics = set(exported)
+    # A counter's family drops _total (its samples keep it, once it has any).
+    exported |= {f"{name}_total": kind for name, kind in exported.items() if kind == "counter"}
+    assert "lstm_http_request_duration_seconds" in exported  # the scrape is the service's
+    used: set[str] = set()
+    for expr in dashboard_expressions():
+        for name in re.findall(r"lstm_[a-z_]+", expr):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert base in exported, f"{name} in {expr!r} is not a metric the service exports"
+            if name.endswith("_bucket"):
+                assert exported[base] == "histogram", f"{name}: {base} is no histogram"
+            used.add(re.sub(r"_total$", "", base))
+    # And the other way round: nothing the service exports is missing from the dashboard.
+    assert metrics <= used, f"not on the dashboard: {sorted(metrics - used)}"
+
+
+def test_grafana_reads_the_composes_prometheus_and_loads_the_dashboard() -> None:
+    services = compose()["services"]
+    grafana = services["grafana"]
+    assert re.fullmatch(r"grafana/grafana(-oss)?:\d+\.\d+\.\d+", grafana["image"]), "pin a tag"
+    assert [str(p) for p in grafana["ports"]] == ["3000:3000"]
+    assert "prometheus" in grafana["depends_on"]
+    mounts = compose_mounts(grafana)
+    provisioning = "/etc/grafana/provisioning"
+    assert mounts[f"{provisioning}/datasources"] == GRAFANA / "provisioning" / "datasources"
+    assert mounts[f"{provisioning}/dashboards"] == GRAFANA / "provisioning" / "dashboards"
+
+    (datasources,) = (GRAFANA / "provisioning" / "datasources").glob("*.y*ml")
+    (source,) = yaml.safe_load(datasources.read_text())["datasources"]
+    assert source["type"] == "prometheus" and source.get("isDefault") is True
+    url = urlsplit(source["url"])
+    assert url.scheme == "http" and url.hostname in services
+    prometheus = services[url.hostname]
+    assert prometheus["image"].split(":")[0] == "prom/prometheus"
+    listens = "9090"  # Prometheus's own default; the compose file does not change it
+    assert "--web.listen-address" not in " ".join(prometheus.get("command", []))
+    assert str(url.port) == listens
+    assert listens in [str(p).rsplit(":", 1)[-1] for p in prometheus["ports"]]
+    scrape = yaml.safe_load((COMPOSE.parent / "prometheus.yml").read_text())
+    assert source["jsonData"]["timeInterval"] == scrape["global"]["scrape_interval"]
+
+    (providers,) = (GRAFANA / "provisioning" / "dashboards").glob("*.y*ml")
+    (provider,) = yaml.safe_load(providers.read_text())["providers"]
+    assert provider["type"] == "file"
+    folder = mounts[provider["options"]["path"].rstrip("/")]
+    assert DASHBOARD.parent == folder and DASHBOARD in folder.glob("*.json")
