@@ -1,12 +1,17 @@
-"""The container and compose files, checked without Docker: the build context holds what the
-Dockerfile copies and builds a package that carries the demo model and no torch; the image runs
-as a non-root user with a health check that really answers; the compose file wires the service,
-a persistent Redis and a Prometheus that scrapes the service where it listens."""
+"""The container, compose, Kubernetes and Grafana files, checked without Docker or a cluster: the
+build context holds what the Dockerfile copies and builds a package that carries the demo model
+and no torch; the image runs as a non-root user with a health check that really answers; the
+compose file wires the service, a persistent Redis and a Prometheus that scrapes the service where
+it listens; the Kubernetes manifests set only options the service has, probe and reach the port it
+listens on, take the Redis URL from their Secret and outlast the service's drain; the Grafana
+dashboard queries only metrics a running service exports, from the compose file's Prometheus."""
 
 from __future__ import annotations
 
 import ast
+import base64
 import importlib.metadata
+import json
 import re
 import shlex
 import shutil
@@ -16,10 +21,12 @@ import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from service_harness import ROOT, ServiceProcess, free_port
+from prometheus_client.parser import text_string_to_metric_families
+from service_harness import ROOT, ServiceProcess, call, free_port
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
@@ -249,7 +256,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 def test_compose_runs_the_service_against_a_persistent_redis() -> None:
     services = compose()["services"]
-    assert set(services) == {"lstm-serve", "redis", "prometheus"}
+    assert set(services) == {"lstm-serve", "redis", "prometheus", "grafana"}
     app, redis = services["lstm-serve"], services["redis"]
     build = app["build"]
     context = COMPOSE.parent / build["context"]
@@ -286,3 +293,307 @@ def test_prometheus_scrapes_the_service_where_it_listens() -> None:
     assert host in services and "build" in services[host]  # the service built from Dockerfile
     assert port == environment(services[host])["LSTM_PORT"]
     assert prometheus["depends_on"][host]["condition"] == "service_healthy"
+
+
+# -- Kubernetes ------------------------------------------------------------------------------------
+
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+
+
+def kubernetes_objects() -> list[dict[str, Any]]:
+    """Every object of every manifest that ``kubectl apply -f deploy/kubernetes/`` applies."""
+    objects = []
+    for path in sorted(KUBERNETES.iterdir()):
+        assert path.suffix in (".yaml", ".yml"), f"{path.name}: kubectl would apply or skip it"
+        for document in yaml.safe_load_all(path.read_text()):
+            if document is not None:
+                assert isinstance(document, dict), path.name
+                objects.append(document)
+    return objects
+
+
+def kubernetes_object(kind: str) -> dict[str, Any]:
+    (found,) = [o for o in kubernetes_objects() if o["kind"] == kind]
+    return found
+
+
+def the_container() -> dict[str, Any]:
+    (container,) = kubernetes_object("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def container_env() -> dict[str, dict[str, Any]]:
+    """The container's environment: name -> its entry (``value`` or ``valueFrom``)."""
+    entries = the_container().get("env", [])
+    env = {entry["name"]: entry for entry in entries}
+    assert len(env) == len(entries), "a variable set twice"
+    return env
+
+
+def container_port(port: int | str) -> int:
+    """A probe's or Service's port, named or numbered, as the container port it reaches."""
+    ports = the_container()["ports"]
+    if isinstance(port, str) and not port.isdigit():
+        (number,) = [p["containerPort"] for p in ports if p.get("name") == port]
+        return int(number)
+    assert int(port) in [p["containerPort"] for p in ports], port
+    return int(port)
+
+
+def cpu_cores(quantity: str | int | float) -> float:
+    text = str(quantity)
+    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def dockerfile_uid() -> int:
+    """The uid of the Dockerfile's last USER: numeric, or the --uid its useradd gives the name."""
+    steps = instructions()
+    user = [args for k, args in steps if k == "USER"][-1].split(":")[0]
+    if user.isdigit():
+        return int(user)
+    for keyword, args in steps:
+        for command in args.split("&&") if keyword == "RUN" else []:
+            words = shlex.split(command)
+            if words and words[0] == "useradd" and words[-1] == user and "--uid" in words:
+                return int(words[words.index("--uid") + 1])
+    raise AssertionError(f"no uid found for the Dockerfile's user {user!r}")
+
+
+def test_every_kubernetes_manifest_parses_into_named_objects() -> None:
+    objects = kubernetes_objects()
+    for obj in objects:
+        assert isinstance(obj.get("apiVersion"), str) and obj["apiVersion"], obj
+        assert isinstance(obj.get("kind"), str) and obj["kind"], obj
+        name = obj.get("metadata", {}).get("name")
+        assert isinstance(name, str) and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
+        assert "namespace" not in obj["metadata"], "applied to the namespace the operator picks"
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == ["Deployment", "Secret", "Service"]
+    apis = {o["kind"]: o["apiVersion"] for o in objects}
+    assert apis == {"Deployment": "apps/v1", "Secret": "v1", "Service": "v1"}
+
+
+def test_the_deployment_listens_probes_and_is_reached_on_one_port() -> None:
+    deployment, service = kubernetes_object("Deployment"), kubernetes_object("Service")
+    spec, pod = deployment["spec"], deployment["spec"]["template"]
+    assert spec["replicas"] >= 2  # stateless replicas: state is in Redis
+    labels = pod["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    container = the_container()
+    assert container["image"] == "lstm-serve:latest"
+    env = container_env()
+    listens = int(env["LSTM_PORT"]["value"]) if "LSTM_PORT" in env else 8080
+    assert [p["containerPort"] for p in container["ports"]] == [listens]
+    for probe, path in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")]:
+        check = container[probe]["httpGet"]
+        assert check["path"] == path, probe
+        assert container_port(check["port"]) == listens, probe
+    if "startupProbe" in container:  # alive once it listens; never hangs on Redis
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+        assert container_port(container["startupProbe"]["httpGet"]["port"]) == listens
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == 8080
+    assert container_port(port.get("targetPort", port["port"])) == listens
+    annotations = pod["metadata"].get("annotations", {})
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == listens
+    assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"
+
+
+def test_the_deployment_sets_real_options_with_values_they_accept() -> None:
+    from service.settings import OPTIONS, load_settings
+
+    by_env = {opt.env: opt for opt in OPTIONS}
+    env = container_env()
+    values: dict[str, str] = {}
+    for name, entry in env.items():
+        if name.startswith("LSTM_"):
+            assert name in by_env, f"{name} is no option of the service"
+            assert "value" in entry, f"{name}: give it as a value, to be checked here"
+            by_env[name].parse(str(entry["value"]))  # raises on a value the service refuses
+            values[name] = str(entry["value"])
+    load_settings([], environ=values)  # and the combination is accepted (e.g. port 0 + workers)
+    assert values["LSTM_HOST"] == "0.0.0.0"
+    # One worker per CPU the container is given, and given as much as it asks for.
+    resources = the_container()["resources"]
+    requested = cpu_cores(resources["requests"]["cpu"])
+    assert requested == cpu_cores(resources["limits"]["cpu"]) == int(values["LSTM_WORKERS"])
+    assert resources["requests"]["memory"] and resources["limits"]["memory"]
+
+
+def test_the_redis_url_comes_from_a_secret_in_the_manifests() -> None:
+    from service.settings import OPTIONS
+
+    entry = container_env()["REDIS_URL"]
+    assert "value" not in entry, "the URL may carry a password: keep it in a Secret"
+    ref = entry["valueFrom"]["secretKeyRef"]
+    secret = kubernetes_object("Secret")
+    assert secret["metadata"]["name"] == ref["name"]
+    assert not ref.get("optional", False)
+    plain = dict(secret.get("stringData", {}))
+    plain |= {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+    assert ref["key"] in plain
+    (redis_url,) = [opt for opt in OPTIONS if opt.env == "REDIS_URL"]
+    redis_url.parse(plain[ref["key"]])  # even the placeholder has the shape the service needs
+    assert "CHANGE-ME" in plain[ref["key"]], "the example must not look like a real password"
+
+
+def test_the_pod_outlasts_the_services_drain() -> None:
+    from service.supervisor import _DRAIN_S
+
+    pod = kubernetes_object("Deployment")["spec"]["template"]["spec"]
+    pre_stop = the_container()["lifecycle"]["preStop"]
+    if "sleep" in pre_stop:
+        pause = float(pre_stop["sleep"]["seconds"])
+    else:
+        command = pre_stop["exec"]["command"]
+        assert command[0] == "sleep" and len(command) == 2, command
+        pause = float(command[1])
+    assert pause >= 5, "the endpoint must leave the Service before the service stops accepting"
+    # SIGTERM comes after the preStop hook; the grace period counts from the start of the hook.
+    assert pod["terminationGracePeriodSeconds"] > pause + _DRAIN_S
+
+
+def test_the_pod_runs_as_the_images_user_and_writes_only_to_its_volumes() -> None:
+    pod = kubernetes_object("Deployment")["spec"]["template"]["spec"]
+    container = the_container()
+    security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] == dockerfile_uid()
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    if security.get("readOnlyRootFilesystem"):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        writable = [
+            m["mountPath"].rstrip("/")
+            for m in container["volumeMounts"]
+            if not m.get("readOnly") and "emptyDir" in volumes[m["name"]]
+        ]
+        env = {k: str(v.get("value", "")) for k, v in container_env().items()}
+
+        def is_writable(path: str) -> bool:
+            return any(path == w or path.startswith(w + "/") for w in writable)
+
+        # TMPDIR: the supervisor's PROMETHEUS_MULTIPROC_DIR and onnxruntime's files; the
+        # XDG cache: onnxruntime's (else under the image's read-only home).
+        assert is_writable(env.get("TMPDIR", "/tmp"))
+        assert "XDG_CACHE_HOME" in env and is_writable(env["XDG_CACHE_HOME"])
+        if "PROMETHEUS_MULTIPROC_DIR" in env:
+            assert is_writable(env["PROMETHEUS_MULTIPROC_DIR"])
+
+
+# -- Grafana ---------------------------------------------------------------------------------------
+
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "lstm-serve.json"
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    """Every panel of the dashboard, rows and the panels of collapsed rows included."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = []
+    for panel in dashboard["panels"]:
+        panels.append(panel)
+        panels += panel.get("panels", [])
+    return panels
+
+
+def dashboard_expressions() -> list[str]:
+    return [t["expr"] for p in dashboard_panels() for t in p.get("targets", [])]
+
+
+def compose_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """A compose service's bind mounts: container path -> the host path (volumes left out)."""
+    mounts = {}
+    for volume in service["volumes"]:
+        host, container = volume.split(":")[:2]
+        if host.startswith("."):
+            mounts[container.rstrip("/")] = (COMPOSE.parent / host).resolve()
+    return mounts
+
+
+def test_the_dashboard_parses_and_its_panels_have_unique_ids() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"] and isinstance(dashboard["schemaVersion"], int)
+    panels = dashboard_panels()
+    ids = [p["id"] for p in panels]
+    assert all(isinstance(i, int) for i in ids) and len(ids) == len(set(ids)), ids
+    variables = {v["name"]: v for v in dashboard.get("templating", {}).get("list", [])}
+    graphs = [p for p in panels if p["type"] != "row"]
+    assert len(graphs) >= 10
+    for panel in graphs:
+        assert panel["title"] and panel["targets"], panel["id"]
+        ref_ids = [t["refId"] for t in panel["targets"]]
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+        for source in [panel["datasource"], *(t.get("datasource") for t in panel["targets"])]:
+            if source is None:
+                continue
+            assert source["type"] == "prometheus", panel["title"]
+            variable = re.fullmatch(r"\$\{(\w+)\}", source["uid"])
+            assert variable, "a datasource variable, so the dashboard imports anywhere"
+            chosen = variables[variable.group(1)]
+            assert chosen["type"] == "datasource" and chosen["query"] == "prometheus"
+
+
+def test_every_metric_the_dashboard_queries_is_one_the_service_exports(
+    service: ServiceProcess,
+) -> None:
+    answer = call("GET", service.url + "/metrics")
+    assert answer.status == 200
+    families = {f.name: f.type for f in text_string_to_metric_families(answer.body)}
+    # Without a multiprocess directory prometheus_client adds a timestamp series, X_created, to
+    # each counter and histogram X: not a metric of the service.
+    exported = {
+        name: kind
+        for name, kind in families.items()
+        if name.startswith("lstm_")
+        and not (name.endswith("_created") and name.removesuffix("_created") in families)
+    }
+    metrics = set(exported)
+    # A counter's family drops _total (its samples keep it, once it has any).
+    exported |= {f"{name}_total": kind for name, kind in exported.items() if kind == "counter"}
+    assert "lstm_http_request_duration_seconds" in exported  # the scrape is the service's
+    used: set[str] = set()
+    for expr in dashboard_expressions():
+        for name in re.findall(r"lstm_[a-z_]+", expr):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert base in exported, f"{name} in {expr!r} is not a metric the service exports"
+            if name.endswith("_bucket"):
+                assert exported[base] == "histogram", f"{name}: {base} is no histogram"
+            used.add(re.sub(r"_total$", "", base))
+    # And the other way round: nothing the service exports is missing from the dashboard.
+    assert metrics <= used, f"not on the dashboard: {sorted(metrics - used)}"
+
+
+def test_grafana_reads_the_composes_prometheus_and_loads_the_dashboard() -> None:
+    services = compose()["services"]
+    grafana = services["grafana"]
+    assert re.fullmatch(r"grafana/grafana(-oss)?:\d+\.\d+\.\d+", grafana["image"]), "pin a tag"
+    assert [str(p) for p in grafana["ports"]] == ["3000:3000"]
+    assert "prometheus" in grafana["depends_on"]
+    mounts = compose_mounts(grafana)
+    provisioning = "/etc/grafana/provisioning"
+    assert mounts[f"{provisioning}/datasources"] == GRAFANA / "provisioning" / "datasources"
+    assert mounts[f"{provisioning}/dashboards"] == GRAFANA / "provisioning" / "dashboards"
+
+    (datasources,) = (GRAFANA / "provisioning" / "datasources").glob("*.y*ml")
+    (source,) = yaml.safe_load(datasources.read_text())["datasources"]
+    assert source["type"] == "prometheus" and source.get("isDefault") is True
+    url = urlsplit(source["url"])
+    assert url.scheme == "http" and url.hostname in services
+    prometheus = services[url.hostname]
+    assert prometheus["image"].split(":")[0] == "prom/prometheus"
+    listens = "9090"  # Prometheus's own default; the compose file does not change it
+    assert "--web.listen-address" not in " ".join(prometheus.get("command", []))
+    assert str(url.port) == listens
+    assert listens in [str(p).rsplit(":", 1)[-1] for p in prometheus["ports"]]
+    scrape = yaml.safe_load((COMPOSE.parent / "prometheus.yml").read_text())
+    assert source["jsonData"]["timeInterval"] == scrape["global"]["scrape_interval"]
+
+    (providers,) = (GRAFANA / "provisioning" / "dashboards").glob("*.y*ml")
+    (provider,) = yaml.safe_load(providers.read_text())["providers"]
+    assert provider["type"] == "file"
+    folder = mounts[provider["options"]["path"].rstrip("/")]
+    assert DASHBOARD.parent == folder and DASHBOARD in folder.glob("*.json")
