@@ -42,7 +42,7 @@ from .logs import configure_logging
 from .runner import SHUTDOWN_TIMEOUT_S, run_server
 from .settings import Settings
 
-__all__ = ["Supervisor"]
+__all__ = ["DRAIN_S", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ _BACKOFF_MAX_S = 30.0
 _HEALTHY_RUN_S = 60.0
 # Time a worker gets to drain after SIGTERM before it is killed: its own shutdown timeout for
 # requests in flight, plus as long again for the batcher's queue.
-_DRAIN_S = 2 * SHUTDOWN_TIMEOUT_S + 5
+DRAIN_S = 2 * SHUTDOWN_TIMEOUT_S + 5
 
 
 def _worker_main(
@@ -242,13 +242,11 @@ class Supervisor:
         for worker in workers:
             if worker.process.is_alive() and worker.process.pid is not None:
                 os.kill(worker.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + _DRAIN_S
+        deadline = time.monotonic() + DRAIN_S
         for worker in workers:
             worker.process.join(max(deadline - time.monotonic(), 0.0))
             if worker.process.is_alive():
-                log.error(
-                    "worker %d did not stop within %.0f s: killing it", worker.index, _DRAIN_S
-                )
+                log.error("worker %d did not stop within %.0f s: killing it", worker.index, DRAIN_S)
                 worker.process.kill()
                 worker.process.join()
             # One still starting when the signal came had accepted nothing: its default

@@ -441,7 +441,7 @@ def test_the_redis_url_comes_from_a_secret_in_the_manifests() -> None:
 
 
 def test_the_pod_outlasts_the_services_drain() -> None:
-    from service.supervisor import _DRAIN_S
+    from service.supervisor import DRAIN_S
 
     pod = kubernetes_object("Deployment")["spec"]["template"]["spec"]
     pre_stop = the_container()["lifecycle"]["preStop"]
@@ -453,7 +453,7 @@ def test_the_pod_outlasts_the_services_drain() -> None:
         pause = float(command[1])
     assert pause >= 5, "the endpoint must leave the Service before the service stops accepting"
     # SIGTERM comes after the preStop hook; the grace period counts from the start of the hook.
-    assert pod["terminationGracePeriodSeconds"] > pause + _DRAIN_S
+    assert pod["terminationGracePeriodSeconds"] > pause + DRAIN_S
 
 
 def test_the_pod_runs_as_the_images_user_and_writes_only_to_its_volumes() -> None:
