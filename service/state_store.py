@@ -247,11 +247,15 @@ class StateStore:
         self._connecting = asyncio.Lock()
         self._commit_sha: str | None = None
 
+    def _tag(self, model: str, stream: str) -> str:
+        """What every key of a stream starts with: the prefix and the cluster hash tag."""
+        return f"{self.prefix}:{{{model}:{stream}}}"
+
     def state_key(self, model: str, stream: str) -> str:
-        return f"{self.prefix}:{{{model}:{stream}}}:state"
+        return f"{self._tag(model, stream)}:state"
 
     def stream_keys(self, model: str, stream: str) -> StreamKeys:
-        tag = f"{self.prefix}:{{{model}:{stream}}}"
+        tag = self._tag(model, stream)
         return StreamKeys(f"{tag}:state", f"{tag}:events", f"{tag}:live")
 
     def state_key_glob(self, model: str) -> str:
