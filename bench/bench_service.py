@@ -1,178 +1,303 @@
-"""Single-reading POSTs against the running service, driven by wrk.
+"""The service under load, driven by wrk, each figure beside a floor measured in the same run.
 
-Starts a private redis-server and ``python -m service`` (the bundled demo model, 2 x 64 LSTM),
-then runs wrk (Debian package ``wrk``) with a Lua script that posts one reading per request to
-``--streams`` streams in rotation, server-assigned seqs. Every request is a full step: Redis read,
-inference, compare-and-set write. Prints requests/s, latency percentiles and how many answers were
-not 200, and checks afterwards that Redis holds exactly as many applied steps as wrk counted.
+Three benchmarks, each starting its own redis-server (no persistence) and the service on the
+bundled demo model (2 x 64 LSTM, 1 input, 1 output):
 
-    python bench/bench_service.py --concurrency 64 --duration 20
+``single``  one reading per POST to ``--streams`` streams in rotation, server-assigned seqs, at
+            each ``--concurrency``; alternated, round by round, with the no-op floor
+            (``noop_server.py``: same worker count, event loop and JSON library, no work).
+``bulk``    ``POST /v1/readings`` carrying ``--streams`` streams x ``--steps`` readings each (T>1
+            per stream for steps > 1); readings/s, also beside the no-op floor.
+``scale``   the bulk request over 1,000 streams drawn at random from N live streams, for each N
+            in ``--live`` (grown in place: 1k, then 100k, then 1M); readings/s per N and Redis
+            memory per stream (the state record and the event log apart).
 
-wrk and the service share the machine with Redis; compare figures from one run, not across runs.
+    python bench/bench_service.py single --concurrency 1 16 64 --duration 10 --rounds 3
+    python bench/bench_service.py bulk --steps 1 10 --duration 10 --rounds 3
+    python bench/bench_service.py scale --live 1000 100000 1000000 --duration 10
+
+Every run checks that the service applied as many readings as wrk got answers for (plus at most
+what was in flight when wrk stopped). The machine is shared: compare figures within one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
+import random
+import statistics
 import sys
-import tempfile
 import time
-import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-import redis
+import harness
+from harness import RedisProcess, WrkResult
 
-ROOT = Path(__file__).resolve().parent.parent
-
-WRK_SCRIPT = """
-local streams = {streams}
+SINGLE_SCRIPT = """
+local streams = %d
 local counter = 0
-local thread_id = 0
-local next_thread = 0
-
-function setup(thread)
-  thread:set("thread_id", next_thread)
-  next_thread = next_thread + 1
-end
-
+math.randomseed(7)
 function request()
   counter = counter + 1
-  local stream = "bench-" .. thread_id .. "-" .. (counter % streams)
-  local body = string.format('{{"values": [%.3f]}}', 20 + 8 * math.random())
-  return wrk.format("POST", "/v1/streams/" .. stream .. "/readings",
-                    {{["Content-Type"] = "application/json"}}, body)
-end
-
-local non200 = 0
-function response(status, headers, body)
-  if status ~= 200 then non200 = non200 + 1 end
-end
-
-function done(summary, latency, requests)
-  io.write(string.format("RESULT requests=%d errors_status=%d errors_socket=%d duration_us=%d\\n",
-    summary.requests, summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.duration))
-  for _, p in pairs({{50, 90, 99, 99.9}}) do
-    io.write(string.format("LATENCY p%s=%d\\n", p, latency:percentile(p)))
-  end
+  local body = string.format('{"values": [%%.3f]}', 20 + 8 * math.random())
+  return wrk.format("POST", "/v1/streams/bench-" .. (counter %% streams) .. "/readings",
+                    {["Content-Type"] = "application/json"}, body)
 end
 """
 
+# A bulk request over `streams` streams out of `live`, `steps` readings each. With live ==
+# streams every request covers the same streams in order; otherwise they are drawn at random.
+BULK_SCRIPT = """
+local streams, steps, live = %d, %d, %d
+math.randomseed(11)
+function request()
+  local items = {}
+  local base = 0
+  if live > streams then base = math.random(0, live - streams) end
+  for i = 1, streams do
+    local id = base + i - 1
+    if live > streams then id = math.random(0, live - 1) end
+    if steps == 1 then
+      items[i] = string.format('{"stream":"s%%d","values":[%%.3f]}', id, 20 + 8 * math.random())
+    else
+      local readings = {}
+      for k = 1, steps do
+        readings[k] = string.format('{"values":[%%.3f]}', 20 + 8 * math.random())
+      end
+      items[i] = string.format('{"stream":"s%%d","readings":[%%s]}', id,
+                               table.concat(readings, ","))
+    end
+  end
+  return wrk.format("POST", "/v1/readings", {["Content-Type"] = "application/json"},
+                    '{"readings":[' .. table.concat(items, ",") .. ']}')
+end
+"""
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+# Creates streams s{first}..s{last-1} in order, 1,000 per request; then idles on /readyz.
+POPULATE_SCRIPT = """
+local next_id, last = %d, %d
+function request()
+  if next_id >= last then return wrk.format("GET", "/readyz") end
+  local items = {}
+  local stop = math.min(next_id + 1000, last)
+  for id = next_id, stop - 1 do
+    items[#items + 1] = string.format('{"stream":"s%%d","values":[24.5]}', id)
+  end
+  next_id = stop
+  return wrk.format("POST", "/v1/readings", {["Content-Type"] = "application/json"},
+                    '{"readings":[' .. table.concat(items, ",") .. ']}')
+end
+"""
+
+# Room for the largest bulk request (1,000 streams x 10 readings) in one batch and in the queue.
+SERVICE_LIMITS = (
+    "--request-max-readings", "20000", "--batch-max-readings", "20000",
+    "--queue-max-readings", "100000", "--body-max-bytes", str(8 * 1024 * 1024),
+)  # fmt: skip
 
 
-def wait_http(url: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer")
+def _row(result: WrkResult, per_request: int = 1) -> dict[str, float]:
+    return {
+        "per_s": result.per_s * per_request,
+        "p50_ms": result.latency_ms["50"],
+        "p99_ms": result.latency_ms["99"],
+        "non_200": result.non_200 + result.socket_errors,
+    }
+
+
+def _check_applied(base: str, before: int, answered: int, in_flight: int) -> None:
+    time.sleep(1)  # requests in flight when wrk stopped are still answered
+    applied = harness.applied_steps(base) - before
+    if not answered <= applied <= answered + in_flight:
+        sys.exit(f"the service applied {applied} readings but wrk got {answered} answers")
+
+
+def _median_rows(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
+def _alternate(
+    args: argparse.Namespace,
+    work: Path,
+    redis: RedisProcess,
+    script: str,
+    path: str,
+    concurrency: int,
+    per_request: int,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Rounds of the floor, then the service, on the same script; medians of each."""
+    floor_rows: list[dict[str, float]] = []
+    service_rows: list[dict[str, float]] = []
+    env = {"REDIS_URL": redis.url}
+    floor_argv = [sys.executable, str(Path(__file__).with_name("noop_server.py")),
+                  "--workers", str(args.workers)]  # fmt: skip
+    with (
+        harness.http_process(floor_argv, work, "noop") as floor,
+        harness.http_process(
+            harness.service_argv(args.workers, *SERVICE_LIMITS), work, "service", env
+        ) as service,
+    ):
+        for base in (floor, service):  # warm-up: connections, caches, the first streams
+            harness.run_wrk(script, base + path, work, concurrency=concurrency, duration_s=2)
+        time.sleep(1)
+        for _ in range(args.rounds):
+            run = harness.run_wrk(
+                script, floor + path, work, concurrency=concurrency, duration_s=args.duration
+            )
+            floor_rows.append(_row(run, per_request))
+            before = harness.applied_steps(service)
+            run = harness.run_wrk(
+                script, service + path, work, concurrency=concurrency, duration_s=args.duration
+            )
+            _check_applied(service, before, run.requests * per_request, concurrency * per_request)
+            service_rows.append(_row(run, per_request))
+    return _median_rows(floor_rows), _median_rows(service_rows)
+
+
+def single(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    script = SINGLE_SCRIPT % args.streams
+    for concurrency in args.concurrency:
+        floor, service = _alternate(args, work, redis, script, "", concurrency, 1)
+        out.append(_compare(f"c={concurrency}", floor, service))
+    return out
+
+
+def bulk(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for steps in args.steps:
+        script = BULK_SCRIPT % (args.streams, steps, args.streams)
+        per_request = args.streams * steps
+        floor, service = _alternate(args, work, redis, script, "", args.concurrency[0], per_request)
+        out.append(_compare(f"{args.streams} streams x {steps}", floor, service))
+    return out
+
+
+def _compare(name: str, floor: dict[str, float], service: dict[str, float]) -> dict[str, object]:
+    return {
+        "case": name,
+        "floor_per_s": round(floor["per_s"]),
+        "service_per_s": round(service["per_s"]),
+        "ratio": round(service["per_s"] / floor["per_s"], 3),
+        "floor_p50_ms": floor["p50_ms"],
+        "service_p50_ms": service["p50_ms"],
+        "floor_p99_ms": floor["p99_ms"],
+        "service_p99_ms": service["p99_ms"],
+        "p99_ratio": round(service["p99_ms"] / floor["p99_ms"], 2),
+        "non_200": int(floor["non_200"] + service["non_200"]),
+    }
+
+
+def scale(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    env = {"REDIS_URL": redis.url}
+    client = redis.client()
+    with harness.http_process(
+        harness.service_argv(args.workers, *SERVICE_LIMITS), work, "service", env
+    ) as service:
+        baseline_memory = redis.used_memory()
+        for target in sorted(args.live):
+            _populate(service, work, client, target)
+            memory = redis.used_memory() - baseline_memory
+            state_bytes, log_bytes = _sampled_usage(client, target)
+            script = BULK_SCRIPT % (args.streams, 1, target)
+            harness.run_wrk(script, service, work, concurrency=args.concurrency[0], duration_s=2)
+            rows = []
+            for _ in range(args.rounds):
+                before = harness.applied_steps(service)
+                run = harness.run_wrk(
+                    script, service, work, concurrency=args.concurrency[0],
+                    duration_s=args.duration,
+                )  # fmt: skip
+                per_request = args.streams
+                _check_applied(
+                    service, before, run.requests * per_request,
+                    args.concurrency[0] * per_request,
+                )  # fmt: skip
+                rows.append(_row(run, per_request))
+            row = _median_rows(rows)
+            out.append(
+                {
+                    "live_streams": target,
+                    "readings_per_s": round(row["per_s"]),
+                    "us_per_reading": round(1e6 / row["per_s"], 2),
+                    "p99_ms": row["p99_ms"],
+                    "redis_bytes_per_stream": round(memory / target),
+                    "state_record_bytes": state_bytes,
+                    "event_log_bytes": log_bytes,
+                    "non_200": int(row["non_200"]),
+                }
+            )
+            print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+    if out:
+        first = out[0]["us_per_reading"]
+        for row in out:
+            row["cost_vs_first"] = round(float(row["us_per_reading"]) / float(first), 3)  # type: ignore[arg-type]
+    return out
+
+
+def _populate(base: str, work: Path, client: object, target: int) -> None:
+    """Streams s0..s{target-1} exist afterwards, created in order through the bulk path by one
+    wrk connection (so after any run the streams that exist are s0..s{m-1})."""
+    started = time.monotonic()
+    while (have := _live_streams(client)) < target:
+        script = POPULATE_SCRIPT % (have, target)
+        seconds = (target - have) / 10_000 + 3
+        harness.run_wrk(script, base, work, concurrency=1, duration_s=seconds, timeout_s=30)
+        if time.monotonic() - started > 3600:
+            sys.exit("creating the streams took over an hour")
+    print(f"{target} live streams ({time.monotonic() - started:.0f} s to create)",
+          file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _live_streams(client: object) -> int:
+    """Streams with state: each has a state key and an event log, and nothing else is stored."""
+    import redis as redis_py
+
+    assert isinstance(client, redis_py.Redis)
+    return int(client.dbsize()) // 2
+
+
+def _sampled_usage(client: object, live: int, samples: int = 500) -> tuple[int, int]:
+    """Mean MEMORY USAGE of the state record and of the event log over sampled streams."""
+    import redis as redis_py
+
+    assert isinstance(client, redis_py.Redis)
+    pick = random.Random(3).sample(range(live), min(samples, live))
+    state, log = [], []
+    for i in pick:
+        tag = f"lstm:{{elnino:s{i}}}"
+        state.append(client.memory_usage(f"{tag}:state") or 0)
+        log.append(client.memory_usage(f"{tag}:events") or 0)
+    return round(statistics.mean(state)), round(statistics.mean(log))
+
+
+BENCHES: dict[str, Callable[[argparse.Namespace, Path, RedisProcess], list[dict[str, object]]]]
+BENCHES = {"single": single, "bulk": bulk, "scale": scale}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--duration", type=int, default=20, help="seconds of load")
-    parser.add_argument("--warmup", type=int, default=3, help="seconds of load before measuring")
-    parser.add_argument("--streams", type=int, default=1000, help="streams per wrk thread")
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("bench", choices=sorted(BENCHES))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--rounds", type=int, default=3, help="measured runs per figure")
+    parser.add_argument("--workers", type=int, default=1, help="service (and floor) workers")
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--live", type=int, nargs="+", default=[1000, 100_000, 1_000_000])
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
-        return 1
-
-    work = Path(tempfile.mkdtemp(prefix="bench-service-"))
-    redis_port, http_port = free_port(), free_port()
-    redis_proc = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(work),
-         "--save", "", "--appendonly", "no", "--logfile", "redis.log"],
-    )  # fmt: skip
-    service = None
-    try:
-        time.sleep(0.3)
-        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
-        service = subprocess.Popen(
-            [sys.executable, "-m", "service", "--port", str(http_port)],
-            env=env,
-            cwd=ROOT,
-            stdout=(work / "service.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{http_port}"
-        wait_http(base + "/readyz")
-        script = work / "post.lua"
-        script.write_text(WRK_SCRIPT.format(streams=args.streams))
-        wrk = [
-            "wrk", "-t", str(args.threads), "-c", str(args.concurrency), "-s", str(script), base,
-        ]  # fmt: skip
-        if args.warmup:
-            subprocess.run([*wrk[:1], "-d", f"{args.warmup}s", *wrk[1:]], capture_output=True)
-            time.sleep(1)  # let the warm-up's last requests finish before counting
-        applied_before = _applied(base)
-        out = subprocess.run(
-            [*wrk[:1], "-d", f"{args.duration}s", *wrk[1:]],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        time.sleep(1)
-        applied = _applied(base) - applied_before
-        result = dict(re.findall(r"(\w+)=(\d+)", out.split("RESULT", 1)[1]))
-        latency = dict(re.findall(r"LATENCY p([\d.]+)=(\d+)", out))
-        requests = int(result["requests"])
-        seconds = int(result["duration_us"]) / 1e6
-        keys = redis.Redis(port=redis_port).dbsize()
-        report = {
-            "concurrency": args.concurrency,
-            "requests_per_s": round(requests / seconds),
-            "p50_ms": int(latency["50"]) / 1000,
-            "p90_ms": int(latency["90"]) / 1000,
-            "p99_ms": int(latency["99"]) / 1000,
-            "p99.9_ms": int(latency["99.9"]) / 1000,
-            "non_200": int(result["errors_status"]),
-            "socket_errors": int(result["errors_socket"]),
-            "steps_applied": applied,
-            "requests": requests,
-            "streams_in_redis": keys,
-        }
-        print(json.dumps(report))
-        # Every answered request is one applied step (wrk stops mid-flight requests at the end,
-        # which may still be applied, hence at most `concurrency` more).
-        if not 0 <= applied - requests <= args.concurrency:
-            print(f"steps applied ({applied}) do not match requests ({requests})", file=sys.stderr)
-            return 1
-        return 0
-    finally:
-        if service is not None:
-            service.send_signal(signal.SIGTERM)
-            service.wait(timeout=30)
-        redis_proc.terminate()
-        redis_proc.wait(timeout=10)
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _applied(base: str) -> int:
-    with urllib.request.urlopen(base + "/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    match = re.search(r'^lstm_readings_total\{outcome="applied"\} (\S+)$', text, re.M)
-    return int(float(match.group(1))) if match else 0
+    if args.bench == "bulk" and args.concurrency == [64]:
+        args.concurrency = [4]
+    if args.bench == "scale" and args.concurrency == [64]:
+        args.concurrency = [4]
+    harness.require("wrk", "redis-server")
+    with harness.scratch("bench-service-") as work, harness.redis_server(work) as redis:
+        rows = BENCHES[args.bench](args, work, redis)
+    for row in rows:
+        print(json.dumps(row))
+    return 0
 
 
 if __name__ == "__main__":

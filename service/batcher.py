@@ -14,27 +14,45 @@ state that won; the other streams of the batch are answered.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
-from typing import cast
+from typing import NamedTuple, cast
 
 import numpy as np
 
 from .errors import Overloaded, ServiceError
-from .events import log_append
+from .events import log_append_packed
 from .metrics import Metrics
 from .model import ServedModel
 from .plan import Applied, Duplicate, StreamPlan, Unit, UnitResult, plan_stream
-from .record import StreamState, encode_record
+from .record import StreamState, encode_record_packed
 from .settings import Settings
 from .state_store import LogPolicy, StateStore, Write
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "Output"]
 
 log = logging.getLogger(__name__)
+
+_GUARD = struct.Struct("<QQ")
+
+
+class Output(NamedTuple):
+    """One stream's share of a model call."""
+
+    y: np.ndarray  # predictions [T, outputs], float32
+    x: bytes  # the steps' values, float64, row after row (for its events)
+    y_bytes: bytes  # y as bytes
+    h: bytes  # the new state
+    c: bytes
+
+
+# Batches that may run at once (over disjoint streams): two keep the process busy while one waits
+# for Redis; more only queue behind the same Redis connection pool and CPU.
+MAX_BATCHES_IN_FLIGHT = 2
 
 # A stream that keeps losing compare-and-set races this many times is answered 503 rather than
 # retried forever (it would take a writer advancing the stream between every read and write).
@@ -55,6 +73,17 @@ class Batcher:
 
     # -- admission ---------------------------------------------------------------------------
 
+    def check_room(self) -> None:
+        """Raise Overloaded when the queue is full: a handler calls this before it reads a body,
+        so that an overloaded service spends nothing on requests it must refuse anyway."""
+        if not self._accepting:
+            raise Overloaded("the service is shutting down; retry on another replica")
+        if self._queued_readings >= self.settings.queue_max_readings:
+            raise Overloaded(
+                f"{self._queued_readings} readings are queued (limit "
+                f"{self.settings.queue_max_readings}); retry shortly"
+            )
+
     def submit(self, units: Sequence[Unit]) -> None:
         """Queue units (all or none); raises Overloaded when the queue would exceed its bound."""
         count = sum(len(u.readings) for u in units)
@@ -73,43 +102,95 @@ class Batcher:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve batches until cancelled; after ``close()``, until the queue is empty."""
-        while True:
-            if not self._queue:
-                if not self._accepting:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = self._take()
-            try:
-                await self._process(batch)
-            except Exception as exc:  # a bug: answer the batch, keep serving
-                log.exception("batch of %d units failed", len(batch))
-                for unit in batch:
-                    if not unit.future.done():
-                        unit.future.set_exception(exc)
+        """Serve batches until cancelled; after ``close()``, until the queue is empty.
+
+        Up to ``MAX_BATCHES_IN_FLIGHT`` batches run at once, over disjoint streams: while one
+        waits for Redis, the next is planned and inferred. A stream with a batch in flight keeps
+        its queued readings (and their order) until that batch is done, so each stream still
+        advances one batch at a time.
+        """
+        in_flight: set[asyncio.Task[None]] = set()
+        busy: set[tuple[str, str]] = set()  # (model, stream) of every batch in flight
+        try:
+            while True:
+                batch = self._take(busy) if len(in_flight) < MAX_BATCHES_IN_FLIGHT else []
+                if not batch:
+                    if not self._queue and not in_flight and not self._accepting:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                streams = {(u.model.name, u.stream) for u in batch}
+                busy.update(streams)
+                task = asyncio.create_task(self._guarded(batch))
+                in_flight.add(task)
+                task.add_done_callback(functools.partial(self._done, streams, in_flight, busy))
+        finally:
+            for task in in_flight:
+                task.cancel()
+
+    def _done(
+        self,
+        streams: set[tuple[str, str]],
+        in_flight: set[asyncio.Task[None]],
+        busy: set[tuple[str, str]],
+        task: asyncio.Task[None],
+    ) -> None:
+        in_flight.discard(task)
+        busy.difference_update(streams)
+        self._wakeup.set()
+
+    async def _guarded(self, batch: list[Unit]) -> None:
+        try:
+            await self._process(batch)
+        except Exception as exc:  # a bug: answer the batch, keep serving
+            log.exception("batch of %d units failed", len(batch))
+            for unit in batch:
+                _resolve(unit, error=exc)
 
     def close(self) -> None:
         """Stop admitting; ``run`` returns once everything admitted has been answered."""
         self._accepting = False
         self._wakeup.set()
 
-    def _take(self) -> list[Unit]:
+    def _take(self, busy: set[tuple[str, str]]) -> list[Unit]:
+        """The next batch, in queue order, up to the batch limit, leaving in the queue (in
+        order) every unit of a stream that has a batch in flight."""
         batch: list[Unit] = []
         taken = 0
         limit = self.settings.batch_max_readings
-        while self._queue and (not batch or taken + len(self._queue[0].readings) <= limit):
-            unit = self._queue.popleft()
+        queue = self._queue
+        held: list[Unit] = []
+        while queue:
+            unit = queue[0]
+            n = len(unit.readings)
+            if batch and taken + n > limit:
+                break
+            queue.popleft()
+            if busy:
+                stream = (unit.model.name, unit.stream)
+                if stream in busy:
+                    held.append(unit)
+                    continue
             batch.append(unit)
-            taken += len(unit.readings)
+            taken += n
+        if held:
+            # Nothing of a held stream was taken after it (the stream stays busy throughout).
+            queue.extendleft(reversed(held))
+        if not batch:
+            return batch
         self._queued_readings -= taken
         self.metrics.queue_readings.set(self._queued_readings)
         self.metrics.batch_readings.observe(taken)
         now = time.perf_counter()
         for unit in batch:
             if unit.attempts == 0:
-                self.metrics.queue_wait_seconds.observe(now - unit.enqueued_at)
+                ticket = unit.ticket
+                if ticket is None:
+                    self.metrics.queue_wait_seconds.observe(now - unit.enqueued_at)
+                elif not ticket.waited:  # once per request, by its first unit
+                    ticket.waited = True
+                    self.metrics.queue_wait_seconds.observe(now - unit.enqueued_at)
         return batch
 
     def _new_generation(self) -> int:
@@ -156,11 +237,14 @@ class Batcher:
         # A stream with nothing to write (only retries, stale seqs or refusals) is answered from
         # the state just read; its answer does not wait for the other streams' write.
         writing = []
+        counts: Counter[str] = Counter()
         for plan in plans:
             if plan.needs_write:
                 writing.append(plan)
             else:
-                self._answer(plan, None)
+                self._answer(plan, None, counts)
+        self._count(counts)
+        counts.clear()
         outputs = self._infer(writing)
         now = time.time()
         now_ms = int(now * 1000)
@@ -178,7 +262,7 @@ class Batcher:
             if isinstance(outcome, ServiceError):  # that stream's Redis node failed
                 self._fail(plan.units, outcome)
             elif outcome is True:
-                self._answer(plan, outputs[id(plan)][0])
+                self._answer(plan, outputs[id(plan)].y, counts)
             else:
                 if outcome is not False:
                     # A new generation that does not sort after the stream's event log (another
@@ -186,10 +270,11 @@ class Batcher:
                     self._last_generation = max(self._last_generation, outcome)
                 self.metrics.cas_conflicts.inc()
                 retry.extend(plan.units)
+        self._count(counts)
         self._requeue(retry)
 
-    def _infer(self, plans: list[StreamPlan]) -> dict[int, tuple[np.ndarray, bytes, bytes]]:
-        """Run the batch's streams through their models; per plan: (y [T, O], h, c bytes).
+    def _infer(self, plans: list[StreamPlan]) -> dict[int, Output]:
+        """Run the batch's streams through their models; per plan its ``Output``.
 
         Streams are grouped by model and by length bucket (1, 2, 3-4, 5-8, ...). onnxruntime's
         LSTM computes padded steps too: one 500-step backlog in a call with 255 single readings
@@ -200,86 +285,109 @@ class Batcher:
         for plan in plans:
             bucket = 1 << (len(plan.steps) - 1).bit_length()
             groups.setdefault((plan.model.name, bucket), []).append(plan)
-        out: dict[int, tuple[np.ndarray, bytes, bytes]] = {}
+        out: dict[int, Output] = {}
         for group in groups.values():
             out.update(self._infer_group(group))
         return out
 
-    def _infer_group(self, group: list[StreamPlan]) -> dict[int, tuple[np.ndarray, bytes, bytes]]:
+    def _infer_group(self, group: list[StreamPlan]) -> dict[int, Output]:
+        """One model call for the group; each stream's rows are cut out of whole-group arrays
+        (one ``tobytes`` per array, then byte slices), which is what keeps a 1,000-stream batch
+        cheap."""
         model: ServedModel = group[0].model
+        n_in, n_out = model.input_size, model.output_size
         lengths = np.array([len(p.steps) for p in group], np.int32)
         steps = int(lengths.max())
+        # values as sent (float64, for the events) laid out [B, steps, inputs]
         if steps == 1:
-            x = np.array([[p.steps[0].values for p in group]], np.float32)
+            x64 = np.array([p.steps[0].values for p in group], np.float64).reshape(-1, 1, n_in)
         else:
-            x = np.zeros((steps, len(group), model.input_size), np.float32)
+            x64 = np.zeros((len(group), steps, n_in), np.float64)
             for b, plan in enumerate(group):
-                x[: len(plan.steps), b, :] = [r.values for r in plan.steps]
+                x64[b, : len(plan.steps)] = [r.values for r in plan.steps]
+        x = np.ascontiguousarray(x64.transpose(1, 0, 2), np.float32)
         h0 = np.stack([p.h0 for p in group], axis=1)
         c0 = np.stack([p.c0 for p in group], axis=1)
         start = time.perf_counter()
         y, hn, cn = model.step(x, h0, c0, lengths)
         self.metrics.inference_seconds.labels(model.name).observe(time.perf_counter() - start)
-        hn_rows = np.ascontiguousarray(hn.transpose(1, 0, 2))
-        cn_rows = np.ascontiguousarray(cn.transpose(1, 0, 2))
-        return {
-            id(plan): (y[: lengths[b], b, :], hn_rows[b].tobytes(), cn_rows[b].tobytes())
-            for b, plan in enumerate(group)
-        }
+        y_rows = np.ascontiguousarray(y.transpose(1, 0, 2))  # [B, steps, outputs]
+        h_all = np.ascontiguousarray(hn.transpose(1, 0, 2)).tobytes()
+        c_all = np.ascontiguousarray(cn.transpose(1, 0, 2)).tobytes()
+        x_all = x64.tobytes()
+        y_all = y_rows.tobytes()
+        state_size = len(h_all) // len(group)
+        x_stride, y_stride = 8 * steps * n_in, 4 * steps * n_out
+        out: dict[int, Output] = {}
+        for b, plan in enumerate(group):
+            n = len(plan.steps)
+            at_x, at_y, at_s = b * x_stride, b * y_stride, b * state_size
+            out[id(plan)] = Output(
+                y_rows[b, :n],
+                x_all[at_x : at_x + 8 * n * n_in],
+                y_all[at_y : at_y + 4 * n * n_out],
+                h_all[at_s : at_s + state_size],
+                c_all[at_s : at_s + state_size],
+            )
+        return out
 
-    def _record(
-        self, plan: StreamPlan, output: tuple[np.ndarray, bytes, bytes], now: float, now_ms: int
-    ) -> Write:
-        y, h, c = output
+    def _record(self, plan: StreamPlan, output: Output, now: float, now_ms: int) -> Write:
         last = plan.last_applied
         assert last is not None  # a plan with steps has applied a unit
-        seqs = plan.seqs(last)  # the last applied unit's steps are the plan's last steps
         steps = plan.steps
-        events = log_append(
+        seqs = [cast(int, r.seq) for r in steps]  # every step has its seq assigned
+        guard = plan.expected_guard
+        events = log_append_packed(
             plan.model.version,
             plan.generation,
-            [r.seq for r in steps if r.seq is not None],
-            np.array([r.values for r in steps], np.float64),
-            y,
+            seqs,
+            output.x,
+            output.y_bytes,
             [r.ts for r in steps],
-            struct.unpack("<QQ", plan.expected_guard) if plan.expected_guard else None,
+            _GUARD.unpack(guard) if guard else None,
             now_ms,
         )
-        record = encode_record(
+        # the last applied unit's steps are the plan's last steps
+        row = len(output.y_bytes) // len(seqs)
+        record = encode_record_packed(
             plan.generation,
             seqs[-1],
             now,
             plan.model.version,
-            h,
-            c,
-            seqs,
-            y[last.first : last.first + last.count],
+            output.h,
+            output.c,
+            seqs[last.first : last.first + last.count],
+            output.y_bytes[last.first * row : (last.first + last.count) * row],
         )
         return Write(
             self.store.stream_keys(plan.model.name, plan.stream),
-            plan.expected_guard,
+            guard,
             record,
             events,
         )
 
-    def _answer(self, plan: StreamPlan, y: np.ndarray | None) -> None:
-        """Resolve every unit of a plan whose write (if any) happened."""
-        counts = self.metrics.readings
+    def _answer(self, plan: StreamPlan, y: np.ndarray | None, counts: Counter[str]) -> None:
+        """Resolve every unit of a plan whose write (if any) happened; ``counts`` gathers the
+        batch's readings by outcome, for one metric update per batch."""
         for unit, outcome in zip(plan.units, plan.outcomes, strict=True):
             n = len(unit.readings)
-            if isinstance(outcome, ServiceError):
-                counts.labels("stale" if outcome.code == "stale_seq" else "rejected").inc(n)
-                _resolve(unit, error=outcome)
-            elif isinstance(outcome, Applied):
+            if isinstance(outcome, Applied):
                 assert y is not None
                 rows = y[outcome.first : outcome.first + outcome.count].tolist()
-                counts.labels("applied").inc(n)
+                counts["applied"] += n
                 results = list(zip(plan.seqs(outcome), rows, strict=True))
                 _resolve(unit, UnitResult(plan.generation, results, False))
             elif isinstance(outcome, Duplicate):
                 results = [(seq, _held_prediction(held, y)) for seq, held in outcome.held]
-                counts.labels("duplicate").inc(n)
+                counts["duplicate"] += n
                 _resolve(unit, UnitResult(plan.generation, results, True))
+            else:
+                counts["stale" if outcome.code == "stale_seq" else "rejected"] += n
+                _resolve(unit, error=outcome)
+
+    def _count(self, counts: Counter[str]) -> None:
+        for outcome, n in counts.items():
+            self.metrics.readings.labels(outcome).inc(n)
 
     def _fail(self, units: list[Unit], error: ServiceError) -> None:
         self.metrics.readings.labels("failed").inc(sum(len(u.readings) for u in units))
@@ -310,9 +418,16 @@ def _held_prediction(held: np.ndarray | int, y: np.ndarray | None) -> list[float
 
 
 def _resolve(unit: Unit, result: UnitResult | None = None, error: Exception | None = None) -> None:
-    if unit.future.done():
+    future = unit.future
+    if future.done():
         return
     if error is not None:
-        unit.future.set_exception(error)
+        future.set_exception(error)
+        if unit.ticket is not None:
+            # The request reads it once the ticket is done; marked as retrieved now so that a
+            # request that went away leaves no "exception never retrieved" behind.
+            future.exception()
     elif result is not None:
-        unit.future.set_result(result)
+        future.set_result(result)
+    if unit.ticket is not None:
+        unit.ticket.settle()

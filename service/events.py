@@ -29,6 +29,7 @@ __all__ = [
     "events_from_log",
     "format_id",
     "log_append",
+    "log_append_packed",
     "parse_event_id",
 ]
 
@@ -38,6 +39,7 @@ _ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _U64 = 2**64 - 1
 # inputs, outputs, events, commit time (Unix ms), model version length
 _MESSAGE_HEAD = struct.Struct("<HHIQB")
+_PAIR = struct.Struct("<QQ")  # an event id in a message: generation, seq
 
 
 def parse_event_id(text: str, where: str) -> EventId:
@@ -80,26 +82,60 @@ def log_append(
     float32 ``[n, outputs]``, one per seq, in order."""
     x = np.ascontiguousarray(values, np.float64)
     y = np.ascontiguousarray(predictions, np.float32)
+    return log_append_packed(
+        version, generation, seqs, x.tobytes(), y.tobytes(), reading_ts, prev, now_ms
+    )
+
+
+def log_append_packed(
+    version: str,
+    generation: int,
+    seqs: Sequence[int],
+    values: bytes,
+    predictions: bytes,
+    reading_ts: Sequence[float | str | None],
+    prev: EventId | None,
+    now_ms: int,
+) -> LogAppend:
+    """``log_append`` from the raw bytes: float64 values and float32 predictions, row after row
+    (the batcher slices them out of a whole batch's arrays)."""
+    n = len(seqs)
+    x_size = len(values) // n
+    y_size = len(predictions) // n
     ids = [f"{generation}-{seq}" for seq in seqs]
-    ts = [b"" if t is None else json.dumps(t).encode() for t in reading_ts]
-    entries = [(ids[i], x[i].tobytes(), y[i].tobytes(), ts[i]) for i in range(len(ids))]
+    if any(t is not None for t in reading_ts):
+        ts = [b"" if t is None else json.dumps(t).encode() for t in reading_ts]
+        stamped = b"[" + b",".join(t or b"null" for t in ts) + b"]"
+    else:
+        ts = [b""] * n
+        stamped = b""
+    if n == 1:
+        entries = [(ids[0], values, predictions, ts[0])]
+        pairs = _PAIR.pack(generation, seqs[0])
+    else:
+        entries = [
+            (
+                ids[i],
+                values[i * x_size : (i + 1) * x_size],
+                predictions[i * y_size : (i + 1) * y_size],
+                ts[i],
+            )
+            for i in range(n)
+        ]
+        pairs = struct.pack(f"<{2 * n}Q", *[v for seq in seqs for v in (generation, seq)])
     vbytes = version.encode("ascii")
-    pairs = np.empty((len(ids), 2), "<u8")
-    pairs[:, 0] = generation
-    pairs[:, 1] = seqs
-    stamped = b"[" + b",".join(t or b"null" for t in ts) + b"]" if any(ts) else b""
     message = b"".join(
         [
-            _MESSAGE_HEAD.pack(x.shape[1], y.shape[1], len(ids), now_ms, len(vbytes)),
+            _MESSAGE_HEAD.pack(x_size // 8, y_size // 4, n, now_ms, len(vbytes)),
             vbytes,
-            pairs.tobytes(),
-            x.tobytes(),
-            y.tobytes(),
+            pairs,
+            values,
+            predictions,
             stamped,
         ]
     )
     return LogAppend(
-        prev=format_id(prev) if prev is not None else "",
+        prev=f"{prev[0]}-{prev[1]}" if prev is not None else "",
         floor=f"{generation}-{seqs[0] - 1}",
         version=version,
         entries=entries,

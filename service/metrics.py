@@ -85,7 +85,7 @@ class Metrics:
         )
         self.queue_wait_seconds = Histogram(
             "lstm_queue_wait_seconds",
-            "Time a reading waits in the queue before its batch starts",
+            "Time a request's readings wait in the queue before their batch starts",
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )

@@ -7,6 +7,7 @@ returns ``y [T, B, output_size]`` in raw units and ``hn``/``cn`` at each row's l
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -45,6 +46,13 @@ class ServedModel:
     def state_shape(self) -> tuple[int, int]:
         """Shape of one stream's ``h`` (and ``c``): ``(layers, hidden)``."""
         return (self.num_layers, self.hidden_size)
+
+    @functools.cached_property
+    def zero_state(self) -> np.ndarray:
+        """A new stream's ``h`` (and ``c``): zeros, read-only, shared by every new stream."""
+        zeros = np.zeros(self.state_shape, np.float32)
+        zeros.flags.writeable = False
+        return zeros
 
     def describe(self) -> dict[str, Any]:
         """The public summary served by ``GET /v1/models``."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,25 +23,45 @@ from .errors import ModelVersionMismatch, ServiceError, StaleSeq
 from .model import ServedModel
 from .record import StreamState
 
-__all__ = ["SEQ_MAX", "Reading", "StreamPlan", "Unit", "UnitResult", "plan_stream"]
+__all__ = ["SEQ_MAX", "Reading", "StreamPlan", "Ticket", "Unit", "UnitResult", "plan_stream"]
 
 # The largest seq: clients may send up to it, and the server never assigns one above it (a stream
 # that reaches it takes no seqless readings; ending it starts a new generation at 1).
 SEQ_MAX = 2**63 - 1
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):
+    """A tuple rather than a dataclass: the bulk path makes one per reading, twice."""
+
     values: list[float]  # raw units, len == model.input_size, all finite
     seq: int | None
     ts: float | str | None = None
 
 
-@dataclass(frozen=True)
-class UnitResult:
+class UnitResult(NamedTuple):
     generation: int
     results: list[tuple[int, list[float]]]  # (seq, prediction) per reading, in order
     duplicate: bool
+
+
+class Ticket:
+    """The units of one bulk request: ``done`` resolves once every one is answered.
+
+    One future for the request, rather than gathering a future per unit: a 1,000-stream request
+    would otherwise schedule 1,000 callbacks on the event loop to learn that it is complete.
+    """
+
+    __slots__ = ("done", "remaining", "waited")
+
+    def __init__(self, units: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.remaining = units
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.waited = False  # the request's queue wait is observed once, by its first unit
+
+    def settle(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0 and not self.done.done():
+            self.done.set_result(None)
 
 
 @dataclass(eq=False)
@@ -53,6 +74,7 @@ class Unit:
     future: asyncio.Future[UnitResult]
     enqueued_at: float = field(default_factory=time.perf_counter)
     attempts: int = 0
+    ticket: Ticket | None = None
 
 
 # How a unit ends once the batch's inference has run: its readings' indices into the plan's steps,
@@ -105,10 +127,11 @@ def plan_stream(
     new_generation: int,
 ) -> StreamPlan:
     """Decide every unit of one stream in a batch, in order, against ``state`` (None: no record)."""
-    zeros = np.zeros(model.state_shape, np.float32)
+    zeros = model.zero_state
+    held: dict[int, np.ndarray | int] | None
     if state is None:
         plan = StreamPlan(model, stream, key, units, b"", new_generation, zeros, zeros)
-        last, held = 0, dict[int, np.ndarray | int]()
+        last, held = 0, {}
     elif state.h is None or state.c is None:  # written by another model version
         if on_version_mismatch == "refuse":
             error = ModelVersionMismatch(
@@ -126,13 +149,13 @@ def plan_stream(
             return plan
         generation = max(new_generation, state.generation + 1)
         plan = StreamPlan(model, stream, key, units, state.guard, generation, zeros, zeros)
-        last, held = 0, dict[int, np.ndarray | int]()
+        last, held = 0, {}
     else:
         plan = StreamPlan(
             model, stream, key, units, state.guard, state.generation, state.h, state.c
         )
         last = state.seq
-        held = dict[int, np.ndarray | int](state.results)
+        held = None  # the record's held results, decoded only if a unit asks for old seqs
 
     for unit in units:
         seqs = [r.seq for r in unit.readings]
@@ -144,14 +167,18 @@ def plan_stream(
         else:
             assigned = [int(s) for s in seqs if s is not None]
             if assigned[0] <= last:
+                if held is None:
+                    assert state is not None and state.h is not None  # else held was set
+                    held = dict[int, np.ndarray | int](state.results)
                 if assigned[-1] <= last and all(s in held for s in assigned):
                     plan.outcomes.append(Duplicate([(s, held[s]) for s in assigned]))
                 else:
                     plan.outcomes.append(_stale(stream, assigned, last))
                 continue
         first = len(plan.steps)
-        for reading, seq in zip(unit.readings, assigned, strict=True):
-            plan.steps.append(Reading(reading.values, seq, reading.ts))
+        plan.steps += [
+            Reading(r.values, seq, r.ts) for r, seq in zip(unit.readings, assigned, strict=True)
+        ]
         applied = Applied(first, len(assigned))
         plan.outcomes.append(applied)
         plan.last_applied = applied

@@ -18,20 +18,21 @@ The commit script compares the guard and the first 24 bytes (``state_store.COMMI
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["GUARD_BYTES", "StreamState", "encode_record", "guard_of"]
+__all__ = ["GUARD_BYTES", "StreamState", "encode_record", "encode_record_packed", "guard_of"]
 
 _HEAD = struct.Struct("<QQdIHB")
+_SEQ = struct.Struct("<Q")
 GUARD_BYTES = 16
 
 
-@dataclass(frozen=True)
-class StreamState:
+class StreamState(NamedTuple):
     """A decoded record. ``h``/``c`` are None when another model version wrote the record."""
 
     guard: bytes
@@ -41,7 +42,13 @@ class StreamState:
     model_version: str
     h: np.ndarray | None
     c: np.ndarray | None
-    results: dict[int, np.ndarray]  # seq -> prediction [O], of the last applied request
+    held: np.ndarray  # (seq, prediction [O]) of the last applied request, as stored
+
+    @property
+    def results(self) -> dict[int, np.ndarray]:
+        """seq -> prediction [O] of the last applied request (decoded when asked: the batch
+        path needs them only for a retry)."""
+        return dict(zip(self.held["seq"].tolist(), self.held["prediction"], strict=True))
 
     @classmethod
     def decode(
@@ -51,16 +58,23 @@ class StreamState:
         at = _HEAD.size
         stored_version = raw[at : at + vlen].decode("ascii")
         at += vlen
+        dtype = _results_dtype(outputs)
         if stored_version != version or nbytes != state_shape[0] * state_shape[1] * 4:
             return cls(
-                raw[:GUARD_BYTES], generation, seq, updated_at, stored_version, None, None, {}
+                raw[:GUARD_BYTES],
+                generation,
+                seq,
+                updated_at,
+                stored_version,
+                None,
+                None,
+                np.empty(0, dtype),
             )
-        h = np.frombuffer(raw, np.float32, state_shape[0] * state_shape[1], at).reshape(state_shape)
-        c = np.frombuffer(raw, np.float32, h.size, at + nbytes).reshape(state_shape)
-        at += 2 * nbytes
-        held = np.frombuffer(raw, _results_dtype(outputs), n_results, at)
-        results = dict(zip(held["seq"].tolist(), held["prediction"], strict=True))
-        return cls(raw[:GUARD_BYTES], generation, seq, updated_at, stored_version, h, c, results)
+        size = state_shape[0] * state_shape[1]
+        h = np.frombuffer(raw, np.float32, size, at).reshape(state_shape)
+        c = np.frombuffer(raw, np.float32, size, at + nbytes).reshape(state_shape)
+        held = np.frombuffer(raw, dtype, n_results, at + 2 * nbytes)
+        return cls(raw[:GUARD_BYTES], generation, seq, updated_at, stored_version, h, c, held)
 
     def last_prediction(self) -> list[float] | None:
         pred = self.results.get(self.seq)
@@ -78,16 +92,36 @@ def encode_record(
     result_preds: np.ndarray,
 ) -> bytes:
     """Pack a record; ``result_preds`` is float32 ``[len(result_seqs), O]``."""
+    preds = np.ascontiguousarray(result_preds, np.float32).tobytes()
+    return encode_record_packed(generation, seq, updated_at, version, h, c, result_seqs, preds)
+
+
+def encode_record_packed(
+    generation: int,
+    seq: int,
+    updated_at: float,
+    version: str,
+    h: bytes,
+    c: bytes,
+    result_seqs: Sequence[int],
+    result_preds: bytes,
+) -> bytes:
+    """``encode_record`` with the predictions as float32 bytes, row after row."""
+    n = len(result_seqs)
     vbytes = version.encode("ascii")
-    parts = [_HEAD.pack(generation, seq, updated_at, len(h), len(result_seqs), len(vbytes))]
-    parts += [vbytes, h, c]
-    held = np.empty(len(result_seqs), _results_dtype(result_preds.shape[1]))
-    held["seq"] = result_seqs
-    held["prediction"] = result_preds
-    parts.append(held.tobytes())
-    return b"".join(parts)
+    head = _HEAD.pack(generation, seq, updated_at, len(h), n, len(vbytes))
+    if n == 1:
+        held = _SEQ.pack(result_seqs[0]) + result_preds
+    else:
+        size = len(result_preds) // n
+        held = b"".join(
+            _SEQ.pack(s) + result_preds[k * size : (k + 1) * size]
+            for k, s in enumerate(result_seqs)
+        )
+    return b"".join((head, vbytes, h, c, held))
 
 
+@functools.cache
 def _results_dtype(outputs: int) -> np.dtype:
     """One held result: its seq and its prediction, packed (8 + 4 * outputs bytes)."""
     return np.dtype([("seq", "<u8"), ("prediction", "<f4", (outputs,))])

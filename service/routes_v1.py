@@ -9,16 +9,16 @@ the stream's next generation instead.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 from aiohttp import web
 
+from . import jsonio
 from .app_keys import BATCHER, MODELS, SETTINGS, STORE
 from .errors import InvalidRequest, ModelNotFound, PayloadTooLarge, ServiceError, StreamNotFound
 from .model import ServedModel
-from .plan import Unit, UnitResult
+from .plan import Ticket, Unit, UnitResult
 from .record import StreamState
 from .wire import (
     check_stream_id,
@@ -35,7 +35,7 @@ __all__ = ["add_routes", "default_model_name", "json_response", "model_for"]
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(
-        body=json.dumps(data, separators=(",", ":")).encode(),
+        body=jsonio.dumps(data),
         status=status,
         content_type="application/json",
     )
@@ -79,6 +79,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 async def post_readings(request: web.Request) -> web.Response:
     model = model_for(request)
     stream = check_stream_id(request.match_info["stream"])
+    request.app[BATCHER].check_room()
     data = await _body(request)
     readings = parse_stream_readings(data, model, request.app[SETTINGS].request_max_readings)
     unit = Unit(model, stream, readings, asyncio.get_running_loop().create_future())
@@ -93,6 +94,7 @@ async def post_readings(request: web.Request) -> web.Response:
 
 async def post_bulk(request: web.Request) -> web.Response:
     model = model_for(request)
+    request.app[BATCHER].check_room()
     data = await _body(request)
     settings = request.app[SETTINGS]
     items = data.get("readings")
@@ -117,9 +119,15 @@ async def post_bulk(request: web.Request) -> web.Response:
             f"{settings.request_max_readings}"
         )
     units = [s for s in slots if isinstance(s, Unit)]
-    request.app[BATCHER].submit(units)
-    # Shielded for the same reason as in post_readings; each unit's outcome is read below.
-    await asyncio.shield(asyncio.gather(*(u.future for u in units), return_exceptions=True))
+    if units:
+        ticket = Ticket(len(units), loop)
+        enqueued_at = time.perf_counter()
+        for unit in units:
+            unit.ticket = ticket
+            unit.enqueued_at = enqueued_at
+        request.app[BATCHER].submit(units)
+        # Shielded for the same reason as in post_readings; each unit's outcome is read below.
+        await asyncio.shield(ticket.done)
     results: list[dict[str, Any]] = []
     for index, slot in enumerate(slots):
         stream = slot.stream if isinstance(slot, Unit) else _item_stream(items[index])

@@ -27,13 +27,23 @@ from .metrics import Metrics
 from .model import ModelLoadError
 from .settings import Settings
 
-__all__ = ["SHUTDOWN_TIMEOUT_S", "run_server", "serve"]
+__all__ = ["SHUTDOWN_TIMEOUT_S", "event_loop_factory", "run_server", "serve"]
 
 log = logging.getLogger(__name__)
 
 # Requests still running this long after a stop signal are cancelled; their readings, once queued,
 # are still applied by the batcher (and a retry with the same seq gets the stored result).
 SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop (bench/README.md: what it changes), or asyncio's default where the
+    environment asks for it (a benchmark's comparison)."""
+    if os.environ.get("LSTM_BENCH_LOOP") == "asyncio":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
 
 
 def _freeze_startup_objects() -> None:
@@ -99,7 +109,8 @@ def serve(
 ) -> None:
     """Run ``app`` on ``settings.host:settings.port`` until a stop signal; raises OSError when it
     cannot listen, and whatever a resource raised while opening."""
-    asyncio.run(_serve(app, settings, reuse_port, on_listening, parent_pid))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(_serve(app, settings, reuse_port, on_listening, parent_pid))
 
 
 def run_server(

@@ -16,10 +16,11 @@ and recomputes it.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
@@ -47,10 +48,13 @@ __all__ = [
 #
 # KEYS: per stream i, KEYS[2i-1] its state key and KEYS[2i] its event log (one hash slot).
 # ARGV[1] state TTL ms (0: none); ARGV[2] log TTL ms (0: none); ARGV[3] log length bound;
-# ARGV[4] log age cutoff in Unix ms (0: none); ARGV[5] commit time in Unix ms.
-# Then per stream: expected guard ("" means the key must not exist), new record, channel, previous
-# event id ("" for a new generation: the log tells), floor id (see below), model version, live
-# message, n, and n times (event id, values, prediction, reading ts).
+# ARGV[4] log age cutoff in Unix ms (0: none); ARGV[5] commit time in Unix ms; ARGV[6] every
+# stream's part, packed (``_pack_writes``): per stream, in KEYS order, the expected guard (""
+# means the key must not exist), new record, channel, previous event id ("" for a new
+# generation: the log tells), floor id (see below), model version, live message, then the
+# number of events n and n times (event id, values, prediction, reading ts). Each string is a
+# u32 LE length and its bytes; n is a u32 LE. One packed argument rather than a dozen per stream:
+# redis-py encodes every argument in Python, which cost more than the rest of the batch.
 #
 # GETRANGE returns "" for a missing key, so one comparison covers "new stream" and "unchanged".
 # A record whose generation, seq and updated_at (its first 24 bytes) equal the new one's is this
@@ -105,13 +109,17 @@ local max_len = tonumber(ARGV[3])
 local cutoff = tonumber(ARGV[4])
 local now = ARGV[5]
 local written = {}
-local a = 6
+local blob = ARGV[6]
+local at = 1
 for i = 1, #KEYS / 2 do
   local key, log = KEYS[2 * i - 1], KEYS[2 * i]
-  local guard, record, channel, prev = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local floor, version, message = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
-  local first = a + 8
-  a = first + 4 * tonumber(ARGV[a + 7])
+  local guard, record, channel, prev, floor, version, message, n
+  guard, record, channel, prev, floor, version, message, n, at = struct.unpack(
+    '<I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4', blob, at)
+  local ids, xs, ys, rs = {}, {}, {}, {}
+  for e = 1, n do
+    ids[e], xs[e], ys[e], rs[e], at = struct.unpack('<I4c0I4c0I4c0I4c0', blob, at)
+  end
   local head = redis.call('GETRANGE', key, 0, 23)
   if string.sub(head, 1, 16) == guard then
     local len = redis.call('XLEN', log)
@@ -122,7 +130,7 @@ for i = 1, #KEYS / 2 do
       for j = 1, #info, 2 do
         if info[j] == 'last-generated-id' then prev = info[j + 1] end
       end
-      if not id_less(prev, ARGV[first]) then
+      if not id_less(prev, ids[1]) then
         written[i] = id_parts(prev)
         ok = false
       end
@@ -133,14 +141,13 @@ for i = 1, #KEYS / 2 do
       else
         redis.call('SET', key, record)
       end
-      for e = first, a - 1, 4 do
-        redis.call('XADD', log, ARGV[e], 'v', version, 't', now, 'x', ARGV[e + 1],
-          'y', ARGV[e + 2], 'r', ARGV[e + 3])
+      for e = 1, n do
+        redis.call('XADD', log, ids[e], 'v', version, 't', now, 'x', xs[e], 'y', ys[e], 'r', rs[e])
       end
       if fresh then
-        redis.call('XSETID', log, ARGV[a - 4], 'MAXDELETEDID', floor)
+        redis.call('XSETID', log, ids[n], 'MAXDELETEDID', floor)
       end
-      trim(log, len + (a - first) / 4, max_len, cutoff, ARGV[a - 4])
+      trim(log, len + n, max_len, cutoff, ids[n])
       if log_ttl > 0 then redis.call('PEXPIRE', log, log_ttl) end
       redis.call('SPUBLISH', channel, prev .. '\\n' .. message)
       written[i] = 1
@@ -177,8 +184,7 @@ return {1, last, deleted, entries}
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class StreamKeys:
+class StreamKeys(NamedTuple):
     """A stream's Redis names, all in one cluster hash slot."""
 
     state: str  # the record
@@ -186,8 +192,7 @@ class StreamKeys:
     channel: str  # the shard channel live events are announced on
 
 
-@dataclass(frozen=True)
-class LogAppend:
+class LogAppend(NamedTuple):
     """The events of one write: appended to the stream's log and announced on its channel."""
 
     prev: str  # the event id just before the first ("" for a new generation: the log knows)
@@ -203,8 +208,7 @@ class LogPolicy:
     max_age_ms: int  # events older than this are dropped, and an idle log expires; 0: no bound
 
 
-@dataclass(frozen=True)
-class Write:
+class Write(NamedTuple):
     keys: StreamKeys
     expected_guard: bytes  # b"" for a stream that must not exist yet
     record: bytes
@@ -399,11 +403,9 @@ class StateStore:
     ) -> list[bool | int]:
         sha = await self._script_sha(client)
         keys: list[str] = []
-        args = list(head)
         for w in writes:
             keys += [w.keys.state, w.keys.log]
-            args += _write_args(w)
-        out = await client.evalsha(sha, len(keys), *keys, *args)
+        out = await client.evalsha(sha, len(keys), *keys, *head, _pack_writes(writes))
         return [_written(flag) for flag in out]
 
     async def _commit_cluster(
@@ -417,7 +419,7 @@ class StateStore:
                 # redis-py blocks its evalsha() helper in cluster pipelines; the command itself
                 # is routed by its key like any other.
                 pipe.execute_command(
-                    "EVALSHA", sha, 2, w.keys.state, w.keys.log, *head, *_write_args(w)
+                    "EVALSHA", sha, 2, w.keys.state, w.keys.log, *head, _pack_writes([w])
                 )
             return list(await pipe.execute(raise_on_error=False))
 
@@ -493,18 +495,36 @@ def _written(flag: int | bytes) -> bool | int:
     return bool(flag)
 
 
-def _write_args(w: Write) -> list[Any]:
-    log = w.log
-    args: list[Any] = [
-        w.expected_guard,
-        w.record,
-        w.keys.channel,
-        log.prev,
-        log.floor,
-        log.version,
-        log.message,
-        len(log.entries),
-    ]
-    for entry in log.entries:
-        args += entry
-    return args
+_U32 = struct.Struct("<I")
+
+
+def _pack_writes(writes: Sequence[Write]) -> bytes:
+    """Every write's script arguments as one string (the layout: ``COMMIT_SCRIPT``)."""
+    parts: list[bytes] = []
+    add = parts.append
+    u32 = _U32.pack
+    for w in writes:
+        log = w.log
+        for text in (
+            w.expected_guard,
+            w.record,
+            w.keys.channel.encode(),
+            log.prev.encode(),
+            log.floor.encode(),
+            log.version.encode(),
+            log.message,
+        ):
+            add(u32(len(text)))
+            add(text)
+        add(u32(len(log.entries)))
+        for event_id, values, prediction, stamp in log.entries:
+            encoded = event_id.encode()
+            add(u32(len(encoded)))
+            add(encoded)
+            add(u32(len(values)))
+            add(values)
+            add(u32(len(prediction)))
+            add(prediction)
+            add(u32(len(stamp)))
+            add(stamp)
+    return b"".join(parts)

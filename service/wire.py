@@ -10,12 +10,12 @@ or a short string; no unknown fields.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import re
 from datetime import UTC, datetime
 from typing import Any
 
+from . import jsonio
 from .errors import InvalidRequest, InvalidStreamId, InvalidValues, PayloadTooLarge, ServiceError
 from .model import ServedModel
 from .plan import SEQ_MAX, Reading, UnitResult
@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 STREAM_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_READING_FIELDS = {"values", "seq", "ts"}
+_READING_FIELDS = frozenset({"values", "seq", "ts"})
+_FLOAT32_MAX = 3.4e38  # a value beyond this cannot be a float32
 
 
 def check_stream_id(stream: str) -> str:
@@ -49,7 +50,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
-        data = json.loads(body)
+        data = jsonio.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the request body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -72,6 +73,27 @@ def _is_number(value: object) -> bool:
 
 
 def _reading(item: object, where: str, model: ServedModel) -> Reading:
+    # The common case first, checked with few operations: {"values": [numbers]} with at most
+    # a plain seq and ts. Anything else goes through the checks that name what is wrong.
+    if type(item) is dict and _READING_FIELDS.issuperset(item):
+        values = item.get("values")
+        seq = item.get("seq")
+        ts = item.get("ts")
+        if (
+            type(values) is list
+            and len(values) == model.input_size
+            and all(
+                (type(v) is float or type(v) is int) and -_FLOAT32_MAX <= v <= _FLOAT32_MAX
+                for v in values
+            )
+            and (seq is None or (type(seq) is int and 1 <= seq <= SEQ_MAX))
+            and (ts is None or (type(ts) is str and len(ts) <= 64))
+        ):
+            return Reading([float(v) for v in values], seq, ts)
+    return _checked_reading(item, where, model)
+
+
+def _checked_reading(item: object, where: str, model: ServedModel) -> Reading:
     if not isinstance(item, dict):
         raise InvalidRequest(f"{where} must be an object with 'values', not {_kind(item)}")
     unknown = set(item) - _READING_FIELDS
@@ -99,7 +121,7 @@ def _reading(item: object, where: str, model: ServedModel) -> Reading:
         if not _is_number(v):
             raise InvalidValues(f"{where}.values[{k}] is {_kind(v)}, not a number")
         f = float(v)
-        if not math.isfinite(f) or abs(f) > 3.4e38:
+        if not math.isfinite(f) or abs(f) > _FLOAT32_MAX:
             raise InvalidValues(f"{where}.values[{k}] = {v!r} is not a finite float32 number")
         floats.append(f)
     seq = item.get("seq")
@@ -116,6 +138,8 @@ def _reading(item: object, where: str, model: ServedModel) -> Reading:
 
 
 def _check_seqs(readings: list[Reading], where: str) -> None:
+    if len(readings) == 1:
+        return
     given = [r.seq for r in readings if r.seq is not None]
     if given and len(given) != len(readings):
         raise InvalidRequest(f"{where}: give 'seq' on every reading or on none")

@@ -1,0 +1,215 @@
+"""What the service benchmarks share: a private redis-server, the service (or the no-op floor)
+as a subprocess, and wrk runs parsed into numbers.
+
+Nothing here is imported by the service or its tests; the benchmarks import it as a sibling
+module (``python bench/<script>.py`` puts ``bench/`` on the path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Appended to every wrk script: counts non-200 answers and prints the figures in one parseable
+# form (wrk's own summary rounds latencies to two digits).
+WRK_REPORT = """
+local non200 = 0
+local shown = 0
+function response(status, headers, body)
+  if status ~= 200 then
+    non200 = non200 + 1
+    if shown < 3 then
+      shown = shown + 1
+      io.stderr:write("non-200 answer: " .. status .. " " .. string.sub(body, 1, 300) .. "\\n")
+    end
+  end
+end
+
+function done(summary, latency, requests)
+  io.write(string.format("RESULT requests=%d errors_status=%d errors_socket=%d duration_us=%d\\n",
+    summary.requests, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.duration))
+  for _, p in pairs({50, 90, 99, 99.9}) do
+    io.write(string.format("LATENCY p%s=%d\\n", p, latency:percentile(p)))
+  end
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+def require(*commands: str) -> None:
+    missing = [c for c in commands if shutil.which(c) is None]
+    if missing:
+        sys.exit(f"not installed: {', '.join(missing)} (Debian: apt-get install wrk redis-server)")
+
+
+@dataclass
+class RedisProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+    def used_memory(self) -> int:
+        return int(self.client().info("memory")["used_memory"])
+
+
+@contextlib.contextmanager
+def redis_server(work: Path) -> Iterator[RedisProcess]:
+    """A redis-server of its own, no persistence, in ``work``."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(work),
+         "--save", "", "--appendonly", "no", "--logfile", "redis.log"],
+    )  # fmt: skip
+    server = RedisProcess(port, process)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                server.client().ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def http_process(
+    argv: Sequence[str], work: Path, name: str, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A server subprocess listening on a free port (``argv`` gets ``--port``); yields its base
+    URL once ``/readyz`` answers, and stops it with SIGTERM."""
+    port = free_port()
+    log = (work / f"{name}.log").open("wb")
+    process = subprocess.Popen(
+        [*argv, "--port", str(port)],
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/readyz")
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    seconds: float
+    non_200: int
+    socket_errors: int
+    latency_ms: dict[str, float]  # "50", "90", "99", "99.9"
+
+    @property
+    def per_s(self) -> float:
+        return self.requests / self.seconds
+
+
+def run_wrk(
+    script: str,
+    url: str,
+    work: Path,
+    *,
+    concurrency: int,
+    duration_s: float,
+    threads: int = 1,
+    timeout_s: int = 10,
+) -> WrkResult:
+    """One wrk run of ``script`` (its request() or wrk.body; WRK_REPORT is appended)."""
+    path = work / f"wrk-{abs(hash(script))}.lua"
+    path.write_text(script + WRK_REPORT)
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{duration_s}s",
+         "--timeout", f"{timeout_s}s", "-s", str(path), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    result = dict(re.findall(r"(\w+)=(\d+)", out.split("RESULT", 1)[1]))
+    latency = {p: int(us) / 1000 for p, us in re.findall(r"LATENCY p([\d.]+)=(\d+)", out)}
+    return WrkResult(
+        int(result["requests"]),
+        int(result["duration_us"]) / 1e6,
+        int(result["errors_status"]),
+        int(result["errors_socket"]),
+        latency,
+    )
+
+
+def metric_total(base: str, name: str, labels: str = "") -> float:
+    """A counter's value from the service's /metrics (0 when absent)."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    pattern = rf"^{re.escape(name)}{re.escape(labels)} (\S+)$"
+    match = re.search(pattern, text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def applied_steps(base: str) -> int:
+    return int(metric_total(base, "lstm_readings_total", '{outcome="applied"}'))
+
+
+def service_argv(workers: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "service", "--workers", str(workers), *extra]
