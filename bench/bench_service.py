@@ -8,13 +8,18 @@ bundled demo model (2 x 64 LSTM, 1 input, 1 output):
             (``noop_server.py``: same worker count, event loop and JSON library, no work).
 ``bulk``    ``POST /v1/readings`` carrying ``--streams`` streams x ``--steps`` readings each (T>1
             per stream for steps > 1); readings/s, also beside the no-op floor.
-``scale``   the bulk request over 1,000 streams drawn at random from N live streams, for each N
-            in ``--live`` (grown in place: 1k, then 100k, then 1M); readings/s per N and Redis
-            memory per stream (the state record and the event log apart).
+``libs``    uvloop, orjson and hiredis each swapped for its pure-Python counterpart, and
+            inference moved to a thread, on the single-reading and bulk paths (the evidence for
+            what ships).
+``scale``   one bulk request at a time over 1,000 distinct streams drawn at random from N live
+            streams (at N = 1,000: all of them), for each N in ``--live`` (grown in place: 1k,
+            then 100k, then 1M); readings/s and cost per reading at each N, and Redis memory
+            per stream (the state record and the event log apart).
 
     python bench/bench_service.py single --concurrency 1 16 64 --duration 10 --rounds 3
     python bench/bench_service.py bulk --steps 1 10 --duration 10 --rounds 3
     python bench/bench_service.py scale --live 1000 100000 1000000 --duration 10
+    python bench/bench_service.py libs --duration 8 --rounds 2
 
 Every run checks that the service applied as many readings as wrk got answers for (plus at most
 what was in flight when wrk stopped). The machine is shared: compare figures within one run.
@@ -47,26 +52,31 @@ end
 """
 
 # A bulk request over `streams` streams out of `live`, `steps` readings each. With live ==
-# streams every request covers the same streams in order; otherwise they are drawn at random.
+# streams every request covers the same streams in order; otherwise each request draws its
+# streams at random, all distinct, so that every level of the scale run has the same shape.
 BULK_SCRIPT = """
 local streams, steps, live = %d, %d, %d
 math.randomseed(11)
 function request()
   local items = {}
-  local base = 0
-  if live > streams then base = math.random(0, live - streams) end
-  for i = 1, streams do
-    local id = base + i - 1
+  local seen = {}
+  local i = 0
+  while i < streams do
+    local id = i
     if live > streams then id = math.random(0, live - 1) end
-    if steps == 1 then
-      items[i] = string.format('{"stream":"s%%d","values":[%%.3f]}', id, 20 + 8 * math.random())
-    else
-      local readings = {}
-      for k = 1, steps do
-        readings[k] = string.format('{"values":[%%.3f]}', 20 + 8 * math.random())
+    if not seen[id] then
+      seen[id] = true
+      i = i + 1
+      if steps == 1 then
+        items[i] = string.format('{"stream":"s%%d","values":[%%.3f]}', id, 20 + 8 * math.random())
+      else
+        local readings = {}
+        for k = 1, steps do
+          readings[k] = string.format('{"values":[%%.3f]}', 20 + 8 * math.random())
+        end
+        items[i] = string.format('{"stream":"s%%d","readings":[%%s]}', id,
+                                 table.concat(readings, ","))
       end
-      items[i] = string.format('{"stream":"s%%d","readings":[%%s]}', id,
-                               table.concat(readings, ","))
     end
   end
   return wrk.format("POST", "/v1/readings", {["Content-Type"] = "application/json"},
@@ -74,11 +84,17 @@ function request()
 end
 """
 
-# Creates streams s{first}..s{last-1} in order, 1,000 per request; then idles on /readyz.
+# Creates streams s{first}..s{last-1} in order, 1,000 per request; then idles on /readyz. wrk
+# calls request() once before it connects and throws that request away: the first call is a
+# /readyz, so that no stream is skipped.
 POPULATE_SCRIPT = """
 local next_id, last = %d, %d
+local primed = false
 function request()
-  if next_id >= last then return wrk.format("GET", "/readyz") end
+  if not primed or next_id >= last then
+    primed = true
+    return wrk.format("GET", "/readyz")
+  end
   local items = {}
   local stop = math.min(next_id + 1000, last)
   for id = next_id, stop - 1 do
@@ -203,6 +219,7 @@ def scale(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dic
             state_bytes, log_bytes = _sampled_usage(client, target)
             script = BULK_SCRIPT % (args.streams, 1, target)
             harness.run_wrk(script, service, work, concurrency=args.concurrency[0], duration_s=2)
+            time.sleep(1)  # the warm-up's last request is answered before counting starts
             rows = []
             for _ in range(args.rounds):
                 before = harness.applied_steps(service)
@@ -273,8 +290,52 @@ def _sampled_usage(client: object, live: int, samples: int = 500) -> tuple[int, 
     return round(statistics.mean(state)), round(statistics.mean(log))
 
 
+# The C libraries the service uses, each switched back to its pure-Python counterpart in turn
+# (environment variables read only for such comparisons).
+VARIANTS = {
+    "all C (as shipped)": {},
+    "asyncio loop instead of uvloop": {"LSTM_BENCH_LOOP": "asyncio"},
+    "stdlib json instead of orjson": {"LSTM_BENCH_JSON": "stdlib"},
+    "redis-py's Python parser instead of hiredis": {"LSTM_BENCH_HIREDIS": "off"},
+    "inference in a thread instead of inline": {"LSTM_BENCH_INFER": "executor"},
+}
+
+
+def libs(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dict[str, object]]:
+    """Each variant on the single-reading path (c=64) and the bulk path (T=1), rounds
+    alternating between variants; requests/s relative to the shipped build."""
+    cases = {
+        "single c=64": (SINGLE_SCRIPT % args.streams, 64, 1),
+        f"bulk {args.streams} x 1": (BULK_SCRIPT % (args.streams, 1, args.streams), 4,
+                                     args.streams),
+    }  # fmt: skip
+    rates: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for name, env in VARIANTS.items():
+            with harness.http_process(
+                harness.service_argv(args.workers, *SERVICE_LIMITS),
+                work, "service", {"REDIS_URL": redis.url, **env},
+            ) as service:  # fmt: skip
+                for case, (script, concurrency, per_request) in cases.items():
+                    harness.run_wrk(script, service, work, concurrency=concurrency, duration_s=2)
+                    time.sleep(1)
+                    run = harness.run_wrk(
+                        script, service, work, concurrency=concurrency,
+                        duration_s=args.duration,
+                    )  # fmt: skip
+                    rates.setdefault((name, case), []).append(run.per_s * per_request)
+    out: list[dict[str, object]] = []
+    for case in cases:
+        shipped = statistics.median(rates[("all C (as shipped)", case)])
+        for name in VARIANTS:
+            rate = statistics.median(rates[(name, case)])
+            out.append({"case": case, "variant": name, "readings_per_s": round(rate),
+                        "vs_shipped": round(rate / shipped, 3)})  # fmt: skip
+    return out
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace, Path, RedisProcess], list[dict[str, object]]]]
-BENCHES = {"single": single, "bulk": bulk, "scale": scale}
+BENCHES = {"single": single, "bulk": bulk, "scale": scale, "libs": libs}
 
 
 def main() -> int:
@@ -291,7 +352,9 @@ def main() -> int:
     if args.bench == "bulk" and args.concurrency == [64]:
         args.concurrency = [4]
     if args.bench == "scale" and args.concurrency == [64]:
-        args.concurrency = [4]
+        # One request at a time: each batch is one request's distinct streams at every level
+        # (with several in flight, requests over 1,000 live streams would merge into T>1 rows).
+        args.concurrency = [1]
     harness.require("wrk", "redis-server")
     with harness.scratch("bench-service-") as work, harness.redis_server(work) as redis:
         rows = BENCHES[args.bench](args, work, redis)

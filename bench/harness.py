@@ -8,6 +8,7 @@ module (``python bench/<script>.py`` puts ``bench/`` on the path).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -182,8 +183,9 @@ def run_wrk(
     """One wrk run of ``script`` (its request() or wrk.body; WRK_REPORT is appended)."""
     path = work / f"wrk-{abs(hash(script))}.lua"
     path.write_text(script + WRK_REPORT)
+    seconds = max(1, math.ceil(duration_s))  # wrk takes whole seconds
     out = subprocess.run(
-        ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{duration_s}s",
+        ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds}s",
          "--timeout", f"{timeout_s}s", "-s", str(path), url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip

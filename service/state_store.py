@@ -16,12 +16,14 @@ and recomputes it.
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar, cast
 
+from redis._parsers import _AsyncRESP2Parser
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -247,6 +249,8 @@ class StateStore:
             # more would only delay the 503 a client needs to hear.
             "retry": Retry(NoBackoff(), 1),
         }
+        if os.environ.get("LSTM_BENCH_HIREDIS") == "off":  # a benchmark's comparison only
+            self._options["parser_class"] = _AsyncRESP2Parser
         self._client: Redis | RedisCluster | None = None
         self._connecting = asyncio.Lock()
         self._commit_sha: str | None = None
