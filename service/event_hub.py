@@ -335,12 +335,12 @@ class EventHub:
 
     async def release(self, mailbox: Mailbox, subs: list[Subscription]) -> None:
         """The connection ended: drop its subscriptions, its watch and its count."""
-        for sub in subs:
-            await self.unsubscribe(sub)
-        await self.unwatch(mailbox)
         if mailbox in self._mailboxes:
             self._mailboxes.discard(mailbox)
             self.metrics.subscribers.labels(mailbox.transport).dec()
+        for sub in subs:
+            await self.unsubscribe(sub)
+        await self.unwatch(mailbox)
 
     async def subscribe(
         self, model: str, stream: str, mailbox: Mailbox | None = None
