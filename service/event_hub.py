@@ -36,6 +36,8 @@ __all__ = ["CLOSED", "RESYNC", "EventHub", "Mailbox", "NewStream", "Subscription
 
 log = logging.getLogger(__name__)
 
+LOG_READS_MAX = 32
+
 
 class _Marker:
     def __init__(self, name: str) -> None:
@@ -319,6 +321,9 @@ class EventHub:
         self._watchers: set[Mailbox] = set()  # mailboxes told of new streams
         self._lock = asyncio.Lock()
         self._closed = False
+        # Log reads by subscribers starting or catching up, at most this many at once: a burst
+        # of thousands of subscribers queues here instead of exhausting the Redis client's pool.
+        self.log_reads = asyncio.Semaphore(LOG_READS_MAX)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -311,7 +311,8 @@ class Subscriber:
     async def _start(self, follow: Follow) -> None:
         if follow.live:
             log_key = self.store.stream_keys(self.model, follow.stream).log
-            chunk = await self.store.read_log(log_key, "", 0)
+            async with self.hub.log_reads:
+                chunk = await self.store.read_log(log_key, "", 0)
             follow.last = parse_event_id(chunk.last_id, "the log") if chunk.exists else None
         else:
             await self._catch_up(follow, follow.after)
@@ -334,7 +335,8 @@ class Subscriber:
         follow.last = after
         while True:
             position = "" if follow.last is None else format_id(follow.last)
-            chunk = await self.store.read_log(log_key, position, LOG_CHUNK)
+            async with self.hub.log_reads:
+                chunk = await self.store.read_log(log_key, position, LOG_CHUNK)
             if follow.last is not None:
                 deleted = parse_event_id(chunk.deleted_id, "the log") if chunk.exists else None
                 if not chunk.exists or (deleted is not None and deleted > follow.last):
