@@ -520,7 +520,9 @@ class StateStore:
                         reply = await client.execute_command(
                             "SCAN", cursor, "MATCH", pattern, "COUNT", 1000, target_nodes=node
                         )
-                        cursor, keys = int(reply[0]), reply[1]
+                        # redis-py gives the cursor per node: ({node: cursor}, keys)
+                        cursors, keys = reply
+                        cursor = int(next(iter(cursors.values())))
                     else:
                         cursor, keys = await client.scan(cursor, match=pattern, count=1000)
                     for raw in keys:
