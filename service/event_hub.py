@@ -201,18 +201,22 @@ class _Node:
         # log once Redis confirms, so that nothing announced before then is missed.
         self.resubscribed: set[str] = set()
         self.task: asyncio.Task[None] | None = None  # started by the first subscription
+        self.sending = asyncio.Lock()
 
     async def subscribe(self, channel: str, sharded: bool = True) -> None:
         future = self.confirmed.get(channel)
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self.confirmed[channel] = future
-            if sharded:
-                self.channels.add(channel)
-                await self.pubsub.ssubscribe(channel)
-            else:
-                self.plain.add(channel)
-                await self.pubsub.subscribe(channel)
+            # One command at a time: the first ones on a fresh PubSub each open a connection,
+            # and concurrent ones would leave their confirmations on a connection nobody reads.
+            async with self.sending:
+                if sharded:
+                    self.channels.add(channel)
+                    await self.pubsub.ssubscribe(channel)
+                else:
+                    self.plain.add(channel)
+                    await self.pubsub.subscribe(channel)
             if self.task is None:
                 self.task = asyncio.create_task(self._read(), name=f"events-{self.name or 'redis'}")
         await asyncio.shield(future)
@@ -225,10 +229,11 @@ class _Node:
         if future is not None and not future.done():
             future.cancel()
         with contextlib.suppress(RedisError, OSError):
-            if sharded:
-                await self.pubsub.sunsubscribe(channel)
-            else:
-                await self.pubsub.unsubscribe(channel)
+            async with self.sending:
+                if sharded:
+                    await self.pubsub.sunsubscribe(channel)
+                else:
+                    await self.pubsub.unsubscribe(channel)
 
     async def _read(self) -> None:
         """Hand out messages until cancelled, reconnecting as needed; returns when there is

@@ -321,33 +321,54 @@ def test_a_redis_restart_under_websocket_and_sse_subscribers_loses_no_event(
 def test_a_few_hundred_mixed_subscribers_each_get_every_event(
     redis_server: RedisServer, service_factory: Callable[..., ServiceProcess], stream_id: str
 ) -> None:
-    # A quick heartbeat: an SSE subscriber that left is noticed at the next write.
-    service = service_factory("--sse-heartbeat-s", "0.5", env={"REDIS_URL": redis_server.url})
+    # A quickish heartbeat: an SSE subscriber that left is noticed at the next write. (Not much
+    # quicker: a WebSocket that does not answer a ping within half of it is closed.)
+    service = service_factory("--sse-heartbeat-s", "3", env={"REDIS_URL": redis_server.url})
     streams = [f"{stream_id}-{k}" for k in range(4)]
     count, rounds = 300, 3
 
     async def scenario() -> None:
         connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            opened: list[Any] = []
-            for k in range(count):
-                mine = [streams[k % 4], streams[(k + 1) % 4]]
-                if k % 2:
-                    ws = await session.ws_connect(f"{service.url}/v1/events/ws")
+        ready: list[int] = []
+
+        async def subscriber(
+            session: aiohttp.ClientSession, k: int, mine: list[str]
+        ) -> list[tuple[str, int]]:
+            """Subscribes, then reads all along (a WebSocket answers pings as it reads)."""
+            got: list[tuple[str, int]] = []
+            if k % 2:
+                async with session.ws_connect(f"{service.url}/v1/events/ws") as ws:
                     await ws.send_json({"op": "subscribe", "streams": mine})
-                    opened.append(("ws", ws, mine))
-                else:
-                    answer = await session.get(f"{service.url}/v1/events?streams={','.join(mine)}")
-                    assert answer.status == 200
-                    opened.append(("sse", answer, mine))
-            for kind, conn, _ in opened:  # every subscription confirmed before posting
-                if kind == "ws":
-                    while (await conn.receive_json(timeout=20))["type"] != "subscribed":
-                        pass
-                else:
-                    while b"event: streams" not in await conn.content.readline():
-                        pass
-            samples = scrape_metrics(service.url)
+                    while len(got) < 2 * rounds:
+                        body = await ws.receive_json(timeout=60)
+                        if body["type"] == "subscribed":
+                            ready.append(k)
+                        elif body["type"] == "event":
+                            got.append((body["stream"], body["seq"]))
+                        else:
+                            assert body["type"] == "streams", body
+                return got
+            url = f"{service.url}/v1/events?streams={','.join(mine)}"
+            async with session.get(url) as answer:
+                assert answer.status == 200, await answer.text()
+                while len(got) < 2 * rounds:
+                    line = await asyncio.wait_for(answer.content.readline(), 60)
+                    if line.startswith(b"event: streams"):
+                        ready.append(k)
+                    elif line.startswith(b'data: {"model"'):
+                        body = json.loads(line[6:])
+                        got.append((body["stream"], body["seq"]))
+            return got
+
+        async with aiohttp.ClientSession(connector=connector) as session:
+            mine = [[streams[k % 4], streams[(k + 1) % 4]] for k in range(count)]
+            tasks = [asyncio.create_task(subscriber(session, k, mine[k])) for k in range(count)]
+            deadline = time.monotonic() + 60
+            while len(ready) < count and time.monotonic() < deadline:
+                done = [t for t in tasks if t.done()]
+                assert not done, done[0].result()
+                await asyncio.sleep(0.05)
+            samples = await asyncio.to_thread(scrape_metrics, service.url)
             assert metric(samples, "lstm_subscribers", transport="ws") == count // 2
             assert metric(samples, "lstm_subscribers", transport="sse") == count // 2
             assert metric(samples, "lstm_subscribed_streams") == 4
@@ -358,32 +379,12 @@ def test_a_few_hundred_mixed_subscribers_each_get_every_event(
                     f"{service.url}/v1/readings",
                     {"readings": [{"stream": s, "values": [24.0]} for s in streams]},
                 )
-
-            async def receive(kind: str, conn: Any, mine: list[str]) -> list[tuple[str, int]]:
-                got: list[tuple[str, int]] = []
-                while len(got) < 2 * rounds:
-                    if kind == "ws":
-                        body = await conn.receive_json(timeout=30)
-                        if body["type"] == "event":
-                            got.append((body["stream"], body["seq"]))
-                    else:
-                        line = await asyncio.wait_for(conn.content.readline(), 30)
-                        if line.startswith(b'data: {"model"'):
-                            body = json.loads(line[6:])
-                            got.append((body["stream"], body["seq"]))
-                return got
-
-            results = await asyncio.gather(*(receive(*o) for o in opened))
-            for (_, _, mine), got in zip(opened, results, strict=True):
-                assert sorted(got) == sorted((s, r) for s in mine for r in range(1, rounds + 1))
-            for kind, conn, _ in opened:
-                if kind == "ws":
-                    await conn.close()
-                else:
-                    conn.close()
+            results = await asyncio.gather(*tasks)
+            for k, got in enumerate(results):
+                assert sorted(got) == sorted((s, r) for s in mine[k] for r in range(1, rounds + 1))
 
     asyncio.run(scenario())
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         samples = scrape_metrics(service.url)
         left = [
