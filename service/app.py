@@ -28,6 +28,7 @@ from .metrics import Metrics
 from .model import ServedModel, load_models
 from .openapi import openapi_json
 from .routes_events import add_event_routes
+from .routes_subscriptions import add_subscription_routes
 from .routes_v1 import add_routes, json_response
 from .settings import Settings
 from .state_store import StateStore
@@ -44,6 +45,7 @@ _REDIS_URL = web.AppKey("redis_url", str)
 
 # Codes for errors aiohttp raises itself (unknown path, wrong method).
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+HEADER_FIELD_MAX_BYTES = 64 * 1024
 
 
 def _error_response(error: ServiceError, retry_after_s: int) -> web.Response:
@@ -184,7 +186,13 @@ def create_app(
     should, so workers other than the first pass False.
     """
     middlewares = [access_log_middleware, error_middleware]
-    app = web.Application(client_max_size=settings.body_max_bytes, middlewares=middlewares)
+    app = web.Application(
+        client_max_size=settings.body_max_bytes,
+        middlewares=middlewares,
+        # A multi-stream subscriber's Last-Event-ID is a cursor naming each of its streams
+        # (routes_subscriptions.py): more than aiohttp's default 8 KiB header field.
+        handler_args={"max_field_size": HEADER_FIELD_MAX_BYTES},
+    )
     app.on_response_prepare.append(echo_request_id)
     app[SETTINGS] = settings
     app[METRICS] = metrics if metrics is not None else Metrics()
@@ -213,4 +221,5 @@ def create_app(
     app.router.add_get("/openapi.json", openapi_json)
     add_routes(app)
     add_event_routes(app)
+    add_subscription_routes(app)
     return app

@@ -7,6 +7,12 @@ a subscriber whose queue passes its bound is closed (it resumes from the log by 
 reader never holds up the connection, the other subscribers or the write path. When a pub/sub
 connection fails, its subscribers are told to catch up from the log, since announcements sent
 meanwhile are lost; the log is the record, pub/sub only the fast path.
+
+A connection that follows several streams (multi-stream SSE, WebSocket) has one ``Mailbox``: each
+of its streams is a ``Subscription`` that queues into it, so the bound on waiting events is per
+connection, and one task drains it however many streams it follows. Prefix subscriptions also
+``watch`` the deployment's new-streams channel (a plain channel, announced once per stream
+generation by the commit script), through the same per-node connection.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from .events import LiveBatch, decode_message
 from .metrics import Metrics
 from .state_store import StateStore
 
-__all__ = ["CLOSED", "RESYNC", "EventHub", "Subscription"]
+__all__ = ["CLOSED", "RESYNC", "EventHub", "Mailbox", "NewStream", "Subscription"]
 
 log = logging.getLogger(__name__)
+
+LOG_READS_MAX = 32
 
 
 class _Marker:
@@ -41,16 +49,86 @@ class _Marker:
 
 RESYNC = _Marker("RESYNC")  # announcements may have been lost: catch up from the log
 CLOSED = _Marker("CLOSED")  # the subscription ended; ``Subscription.reason`` says why
+REDISCOVER = _Marker("REDISCOVER")  # new-stream announcements may have been lost: scan again
+
+
+class NewStream:
+    """A new-streams announcement: ``stream`` of ``model`` began a generation after ``floor``."""
+
+    __slots__ = ("floor", "model", "stream")
+
+    def __init__(self, model: str, stream: str, floor: str) -> None:
+        self.model = model
+        self.stream = stream
+        self.floor = floor
+
+
+MailItem = Any  # LiveBatch, a marker, NewStream, or whatever its owner queues itself
+
+
+class Mailbox:
+    """One connection's queue, fed by the subscriptions of all the streams it follows: at most
+    ``limit`` events waiting (or one write's, when it is empty). Items are (subscription or None,
+    item) pairs, in arrival order."""
+
+    def __init__(self, transport: str, limit: int, resume_hint: str) -> None:
+        self.transport = transport
+        self.limit = limit
+        self.resume_hint = resume_hint  # how this transport's client resumes, for close reasons
+        self.reason: tuple[str, str] | None = None
+        self.on_close: Callable[[], None] | None = None
+        self._items: deque[tuple[Subscription | None, MailItem]] = deque()
+        self._pending = 0
+        self._wakeup = asyncio.Event()
+
+    def push(self, sub: Subscription | None, item: MailItem) -> bool:
+        """Queue without waiting; False when this would pass the bound (nothing is queued)."""
+        if self.reason is not None:
+            return True
+        if isinstance(item, LiveBatch):
+            if self._pending and self._pending + len(item.events) > self.limit:
+                return False
+            self._pending += len(item.events)
+        self._items.append((sub, item))
+        self._wakeup.set()
+        return True
+
+    def close(self, code: str, message: str) -> None:
+        if self.reason is None:
+            self.reason = (code, message)
+            self._items.clear()
+            self._pending = 0
+            self._wakeup.set()
+            if self.on_close is not None:
+                self.on_close()
+
+    async def next(self, timeout: float) -> tuple[Subscription | None, MailItem] | _Marker | None:
+        """The next (subscription, item), CLOSED once closed, or None after ``timeout``."""
+        if self.reason is None and not self._items:
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+        if self.reason is not None:
+            return CLOSED
+        if not self._items:
+            return None
+        sub, item = self._items.popleft()
+        if isinstance(item, LiveBatch):
+            self._pending -= len(item.events)
+        return sub, item
 
 
 class Subscription:
     """One subscriber's queue of live batches: at most ``limit`` events, or one write's."""
 
-    def __init__(self, model: str, stream: str, channel: str, limit: int) -> None:
+    def __init__(
+        self, model: str, stream: str, channel: str, limit: int, mailbox: Mailbox | None = None
+    ) -> None:
         self.model = model
         self.stream = stream
         self.channel = channel
         self.limit = limit
+        self.mailbox = mailbox  # set: items go to this connection-level queue instead
         self.reason: tuple[str, str] | None = None  # (code, message) once closed
         self.on_close: Callable[[], None] | None = None
         self._items: deque[LiveBatch | _Marker] = deque()
@@ -59,6 +137,8 @@ class Subscription:
 
     def push(self, item: LiveBatch | _Marker) -> bool:
         """Queue without waiting; False when this would pass the bound (nothing is queued)."""
+        if self.mailbox is not None:
+            return self.mailbox.push(self, item)
         if self.reason is not None:
             return True
         if isinstance(item, LiveBatch):
@@ -70,7 +150,18 @@ class Subscription:
         self._wakeup.set()
         return True
 
+    def too_slow(self) -> str:
+        hint = (
+            self.mailbox.resume_hint
+            if self.mailbox is not None
+            else "reconnect with Last-Event-ID to resume where it stopped"
+        )
+        return f"more than {self.limit} events were waiting for this subscriber; {hint}"
+
     def close(self, code: str, message: str) -> None:
+        if self.mailbox is not None:
+            self.mailbox.close(code, message)
+            return
         if self.reason is None:
             self.reason = (code, message)
             self._items.clear()
@@ -103,38 +194,53 @@ class _Node:
         self.name = name
         self.client = client
         self.pubsub = client.pubsub()
-        self.channels: set[str] = set()
+        self.channels: set[str] = set()  # shard channels (SSUBSCRIBE)
+        self.plain: set[str] = set()  # plain channels (SUBSCRIBE): the new-streams channel
         self.confirmed: dict[str, asyncio.Future[None]] = {}
         # Channels subscribed again after a lost connection: their subscribers catch up from the
         # log once Redis confirms, so that nothing announced before then is missed.
         self.resubscribed: set[str] = set()
         self.task: asyncio.Task[None] | None = None  # started by the first subscription
+        self.sending = asyncio.Lock()
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: str, sharded: bool = True) -> None:
         future = self.confirmed.get(channel)
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self.confirmed[channel] = future
-            self.channels.add(channel)
-            await self.pubsub.ssubscribe(channel)
+            # One command at a time: the first ones on a fresh PubSub each open a connection,
+            # and concurrent ones would leave their confirmations on a connection nobody reads.
+            async with self.sending:
+                if sharded:
+                    self.channels.add(channel)
+                    await self.pubsub.ssubscribe(channel)
+                else:
+                    self.plain.add(channel)
+                    await self.pubsub.subscribe(channel)
             if self.task is None:
                 self.task = asyncio.create_task(self._read(), name=f"events-{self.name or 'redis'}")
         await asyncio.shield(future)
 
     async def unsubscribe(self, channel: str) -> None:
+        sharded = channel in self.channels
         self.channels.discard(channel)
+        self.plain.discard(channel)
         future = self.confirmed.pop(channel, None)
         if future is not None and not future.done():
             future.cancel()
         with contextlib.suppress(RedisError, OSError):
-            await self.pubsub.sunsubscribe(channel)
+            async with self.sending:
+                if sharded:
+                    await self.pubsub.sunsubscribe(channel)
+                else:
+                    await self.pubsub.unsubscribe(channel)
 
     async def _read(self) -> None:
         """Hand out messages until cancelled, reconnecting as needed; returns when there is
         nothing left to listen to (the next subscription starts a new reader)."""
         delay = 0.1
         while True:
-            if not self.channels and self.pubsub.connection is None:
+            if not self.channels and not self.plain and self.pubsub.connection is None:
                 self.task = None
                 return
             try:
@@ -158,7 +264,9 @@ class _Node:
         channel = channel.decode() if isinstance(channel, bytes) else channel
         if kind == "smessage":
             self.hub.dispatch(channel, message["data"])
-        elif kind == "ssubscribe":
+        elif kind == "message":
+            self.hub.announce(message["data"])
+        elif kind in ("ssubscribe", "subscribe"):
             future = self.confirmed.get(channel)
             if future is not None and future.done() and channel not in self.resubscribed:
                 # A confirmation for a channel confirmed before: the client reconnected on its
@@ -177,16 +285,18 @@ class _Node:
             await self.pubsub.aclose()  # type: ignore[no-untyped-call]
         await asyncio.sleep(delay)
         self.pubsub = self.client.pubsub()
-        for channel in list(self.channels):
+        for channel in [*self.channels, *self.plain]:
             future = asyncio.get_running_loop().create_future()
             old = self.confirmed.get(channel)
             if old is not None and not old.done():
                 future = old  # a subscriber is waiting on this one
             self.confirmed[channel] = future
-        self.resubscribed = set(self.channels)
+        self.resubscribed = self.channels | self.plain
         try:
             if self.channels:
                 await self.pubsub.ssubscribe(*self.channels)
+            if self.plain:
+                await self.pubsub.subscribe(*self.plain)
         except (RedisError, OSError):
             return  # the next read fails too and we come back here
 
@@ -212,20 +322,54 @@ class EventHub:
         self._names: dict[str, tuple[str, str]] = {}  # channel -> (model, stream)
         self._channel_node: dict[str, _Node] = {}
         self._nodes: dict[str, _Node] = {}
+        self._mailboxes: set[Mailbox] = set()
+        self._watchers: set[Mailbox] = set()  # mailboxes told of new streams
         self._lock = asyncio.Lock()
         self._closed = False
+        # Log reads by subscribers starting or catching up, at most this many at once: a burst
+        # of thousands of subscribers queues here instead of exhausting the Redis client's pool.
+        self.log_reads = asyncio.Semaphore(LOG_READS_MAX)
 
-    async def subscribe(self, model: str, stream: str) -> Subscription:
-        """A subscription whose channel is subscribed in Redis (confirmed) when this returns;
-        raises RedisUnavailable when Redis cannot be reached."""
+    def _check_open(self) -> None:
         if self._closed:
             raise Overloaded("the service is shutting down; subscribe to another replica")
+
+    def open_mailbox(self, transport: str, resume_hint: str) -> Mailbox:
+        """A connection-level queue for a subscriber of several streams (counted as one
+        subscriber of ``transport``); give it back with ``release``."""
+        self._check_open()
+        mailbox = Mailbox(transport, self.buffer_events, resume_hint)
+        self._mailboxes.add(mailbox)
+        self.metrics.subscribers.labels(transport).inc()
+        return mailbox
+
+    async def release(self, mailbox: Mailbox, subs: list[Subscription]) -> None:
+        """The connection ended: drop its subscriptions, its watch and its count."""
+        if mailbox in self._mailboxes:
+            self._mailboxes.discard(mailbox)
+            self.metrics.subscribers.labels(mailbox.transport).dec()
+        for sub in subs:
+            await self.unsubscribe(sub)
+        await self.unwatch(mailbox)
+
+    async def subscribe(
+        self, model: str, stream: str, mailbox: Mailbox | None = None
+    ) -> Subscription:
+        """A subscription whose channel is subscribed in Redis (confirmed) when this returns;
+        raises RedisUnavailable when Redis cannot be reached. With ``mailbox``, its items go to
+        that connection's queue (and the connection is what counts as a subscriber)."""
+        self._check_open()
         channel = self.store.stream_keys(model, stream).channel
-        sub = Subscription(model, stream, channel, self.buffer_events)
-        subs = self._subs.setdefault(channel, set())
+        limit = self.buffer_events if mailbox is None else mailbox.limit
+        sub = Subscription(model, stream, channel, limit, mailbox)
+        subs = self._subs.get(channel)
+        if subs is None:
+            subs = self._subs[channel] = set()
+            self.metrics.subscribed_streams.inc()
         subs.add(sub)
         self._names[channel] = (model, stream)
-        self.metrics.subscribers.inc()
+        if mailbox is None:
+            self.metrics.subscribers.labels("sse").inc()
         try:
             node = await self._node_for(channel)
             await asyncio.wait_for(node.subscribe(channel), self.store.timeout_s)
@@ -259,13 +403,56 @@ class EventHub:
         if subs is None or sub not in subs:
             return
         subs.discard(sub)
-        self.metrics.subscribers.dec()
+        if sub.mailbox is None:
+            self.metrics.subscribers.labels("sse").dec()
         if not subs:
             del self._subs[sub.channel]
             self._names.pop(sub.channel, None)
+            self.metrics.subscribed_streams.dec()
             node = self._channel_node.pop(sub.channel, None)
             if node is not None:
                 await node.unsubscribe(sub.channel)
+
+    async def watch(self, mailbox: Mailbox) -> None:
+        """Queue a ``NewStream`` to ``mailbox`` for every stream generation that begins from now
+        on (and REDISCOVER when announcements may have been lost); the new-streams channel is
+        subscribed (confirmed) when this returns."""
+        self._check_open()
+        if mailbox in self._watchers:
+            return
+        self._watchers.add(mailbox)
+        channel = self.store.new_streams_channel
+        try:
+            node = await self._node_for(channel)
+            await asyncio.wait_for(node.subscribe(channel, sharded=False), self.store.timeout_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self.unwatch(mailbox)
+            self.metrics.redis_errors.labels("subscribe").inc()
+            raise RedisUnavailable(
+                f"Redis did not confirm the subscription ({type(exc).__name__}); retry later"
+            ) from exc
+        except BaseException:
+            await self.unwatch(mailbox)
+            raise
+
+    async def unwatch(self, mailbox: Mailbox) -> None:
+        if mailbox not in self._watchers:
+            return
+        self._watchers.discard(mailbox)
+        if not self._watchers:
+            channel = self.store.new_streams_channel
+            node = self._channel_node.pop(channel, None)
+            if node is not None:
+                await node.unsubscribe(channel)
+
+    def announce(self, message: bytes) -> None:
+        """A new-streams message: tell every watcher."""
+        parsed = self.store.parse_new_stream(message)
+        if parsed is None:
+            return
+        item = NewStream(*parsed)
+        for mailbox in list(self._watchers):
+            mailbox.push(None, item)
 
     def dispatch(self, channel: str, message: bytes) -> None:
         subs = self._subs.get(channel)
@@ -276,21 +463,27 @@ class EventHub:
         for sub in list(subs):
             if not sub.push(batch):
                 self.metrics.subscribers_closed.labels("too_slow").inc()
-                sub.close(
-                    "subscriber_too_slow",
-                    f"more than {sub.limit} events were waiting for this subscriber; "
-                    "reconnect with Last-Event-ID to resume where it stopped",
-                )
+                sub.close("subscriber_too_slow", sub.too_slow())
 
     def resync(self, channel: str) -> None:
+        if channel == self.store.new_streams_channel:
+            for mailbox in list(self._watchers):
+                mailbox.push(None, REDISCOVER)
+            return
         for sub in list(self._subs.get(channel, ())):
             sub.push(RESYNC)
 
     def end_subscriptions(self) -> None:
         """The service is stopping: end every subscription (each is told why) and take no more."""
         self._closed = True
+        for mailbox in self._mailboxes:
+            if mailbox.reason is None:
+                self.metrics.subscribers_closed.labels("shutdown").inc()
+            mailbox.close("shutting_down", f"the service is stopping; {mailbox.resume_hint}")
         for subs in self._subs.values():
             for sub in subs:
+                if sub.mailbox is not None:
+                    continue
                 if sub.reason is None:
                     self.metrics.subscribers_closed.labels("shutdown").inc()
                 sub.close(

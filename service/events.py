@@ -14,6 +14,7 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -150,6 +151,13 @@ def log_append_packed(
 class Event:
     id: EventId
     frame: bytes  # the whole SSE event: "id: ...\ndata: {...}\n\n"
+    data: str  # the event JSON alone, shared by every multi-stream and WebSocket subscriber
+
+    @cached_property
+    def ws_text(self) -> str:
+        """The WebSocket message: the event JSON with its type and id first, built on first use
+        and then shared by every WebSocket subscriber of the stream."""
+        return f'{{"type":"event","id":"{self.id[0]}-{self.id[1]}",{self.data[1:]}'
 
 
 @dataclass(frozen=True)
@@ -181,7 +189,8 @@ def _frame(
     if reading_ts is not None:
         body["reading_ts"] = reading_ts
     data = json.dumps(body, separators=(",", ":"))
-    return Event(event_id, f"id: {event_id[0]}-{event_id[1]}\ndata: {data}\n\n".encode())
+    frame = f"id: {event_id[0]}-{event_id[1]}\ndata: {data}\n\n".encode()
+    return Event(event_id, frame, data)
 
 
 def decode_message(model: str, stream: str, message: bytes) -> LiveBatch:

@@ -17,7 +17,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["LATENCY_BUCKETS_S", "READING_OUTCOMES", "Metrics"]
+__all__ = ["LATENCY_BUCKETS_S", "READING_OUTCOMES", "SUBSCRIBER_TRANSPORTS", "Metrics"]
 
 # Sub-millisecond resolution where the service lives, up to the seconds a Redis outage costs.
 LATENCY_BUCKETS_S = (
@@ -42,6 +42,7 @@ LATENCY_BUCKETS_S = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 READING_OUTCOMES = ("applied", "duplicate", "stale", "rejected", "failed")
+SUBSCRIBER_TRANSPORTS = ("sse", "ws")
 
 
 class Metrics:
@@ -132,7 +133,15 @@ class Metrics:
         )
         self.subscribers = Gauge(
             "lstm_subscribers",
-            "Open event subscriptions (SSE connections)",
+            "Open event subscriber connections by transport: sse (one stream or several) or ws "
+            "(WebSocket)",
+            ["transport"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.subscribed_streams = Gauge(
+            "lstm_subscribed_streams",
+            "Streams this process has subscribed in Redis (each shared by all its subscribers)",
             registry=r,
             multiprocess_mode="livesum",
         )
@@ -145,6 +154,8 @@ class Metrics:
         )
         for reason in ("too_slow", "shutdown"):
             self.subscribers_closed.labels(reason)
+        for transport in SUBSCRIBER_TRANSPORTS:
+            self.subscribers.labels(transport)
         for outcome in READING_OUTCOMES:
             self.readings.labels(outcome)
 

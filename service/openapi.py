@@ -51,6 +51,7 @@ _ITEM_CODES = [
 ]
 _FLOAT32_MAX = 3.4e38
 _EVENT_ID = r"^[0-9]+-[0-9]+$"
+_CURSOR = r"^[A-Za-z0-9._:-]{1,128}~[0-9]+-[0-9]+(,[A-Za-z0-9._:-]{1,128}~[0-9]+-[0-9]+)*$"
 
 
 def _ref(name: str) -> Schema:
@@ -407,6 +408,36 @@ def _parameters(models: dict[str, ServedModel]) -> dict[str, Schema]:
             "description": "start: replay the stream's retained events from the first.",
             "schema": {"type": "string", "enum": ["start"]},
         },
+        "Streams": {
+            "name": "streams",
+            "in": "query",
+            "description": "The streams to follow, comma-separated (or give `prefix`).",
+            "schema": {
+                "type": "string",
+                "pattern": f"^{STREAM_ID.pattern}(,{STREAM_ID.pattern})*$",
+            },
+        },
+        "Prefix": {
+            "name": "prefix",
+            "in": "query",
+            "description": "Follow every stream whose id starts with this, including streams "
+            "that begin later (or give `streams`).",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{0,128}$"},
+        },
+        "AfterCursor": {
+            "name": "after",
+            "in": "query",
+            "description": "Resume after this cursor (an `id:` of this endpoint: "
+            "STREAM~GENERATION-SEQ,...).",
+            "schema": {"type": "string", "pattern": _CURSOR},
+        },
+        "LastEventCursor": {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "description": "Sent by an EventSource on reconnect: resume every stream after the "
+            "cursor.",
+            "schema": {"type": "string", "pattern": _CURSOR},
+        },
         "LastEventId": {
             "name": "Last-Event-ID",
             "in": "header",
@@ -541,6 +572,68 @@ def _stream_paths(prefix: str, suffix: str, model_params: list[str]) -> dict[str
     }
 
 
+def _subscription_paths(prefix: str, suffix: str, model_params: list[str]) -> dict[str, Schema]:
+    """The multi-stream SSE and WebSocket routes under ``prefix``."""
+    return {
+        f"{prefix}/events": {
+            "get": _operation(
+                f"multiStreamEvents{suffix}",
+                "Follow several streams' predictions on one connection (Server-Sent Events)",
+                [*model_params, "Streams", "Prefix", "AfterCursor", "From", "LastEventCursor"],
+                {
+                    "200": {
+                        "description": "An event stream. Each event's `data:` is one "
+                        "PredictionEvent (naming its stream) and its `id:` a cursor "
+                        "`STREAM~GENERATION-SEQ,...` naming every followed stream's last event "
+                        "(0-0: none yet); reconnecting with it as Last-Event-ID (or ?after=) "
+                        "resumes every stream. `event: streams` (data `{streams}`, with the "
+                        "cursor as id) lists the followed streams at the start and whenever a "
+                        "prefix finds a new one; `event: gap` (data `{stream, after, "
+                        "lost_through, first_held, message}`) and `event: closed` (data "
+                        "`{code, message}`; codes as on the single-stream route, plus "
+                        "`too_many_streams`) carry no event of their own. Comment lines are "
+                        "heartbeats.",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {"type": "string"},
+                                "x-event-data": _ref("PredictionEvent"),
+                            }
+                        },
+                    },
+                    "400": _resp("BadRequest"),
+                    "404": _resp("NotFound"),
+                    "503": _resp("Unavailable"),
+                },
+                tags=["events"],
+            )
+        },
+        f"{prefix}/events/ws": {
+            "get": _operation(
+                f"webSocketEvents{suffix}",
+                "Follow streams over a WebSocket: subscribe and unsubscribe on a live connection",
+                model_params,
+                {
+                    "101": {
+                        "description": "Switching to the WebSocket protocol. The client sends "
+                        'JSON control messages `{"op": "subscribe", "streams": [...] | "prefix": '
+                        '"...", "after": {stream: id}?, "from": "start"?, "ref": any?}` and '
+                        '`{"op": "unsubscribe", "streams" | "prefix", "ref"?}`; the service '
+                        "answers "
+                        '`{"type": "subscribed" | "unsubscribed", "streams", "ref"?}` and sends '
+                        '`{"type": "event", "id", ...PredictionEvent}`, `{"type": "streams"}`, '
+                        '`{"type": "gap", ...}`, `{"type": "error", "code", "message", "ref"?}` '
+                        '(the connection stays open) and `{"type": "closed", "code", '
+                        '"message"}` (then it closes). See the README.'
+                    },
+                    "400": _resp("BadRequest"),
+                    "404": _resp("NotFound"),
+                },
+                tags=["events"],
+            )
+        },
+    }
+
+
 def openapi_document(settings: Settings, models: dict[str, ServedModel]) -> dict[str, Any]:
     """The OpenAPI 3.1 document for a service with these settings and models."""
     try:
@@ -550,6 +643,8 @@ def openapi_document(settings: Settings, models: dict[str, ServedModel]) -> dict
     paths: dict[str, Schema] = {
         **_stream_paths("/v1/models/{model}", "", ["Model"]),
         **_stream_paths("/v1", "Default", []),
+        **_subscription_paths("/v1/models/{model}", "", ["Model"]),
+        **_subscription_paths("/v1", "Default", []),
         "/v1/models": {
             "get": _operation(
                 "listModels",

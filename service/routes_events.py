@@ -36,7 +36,7 @@ from .routes_v1 import model_for
 from .settings import Settings
 from .wire import check_stream_id
 
-__all__ = ["add_event_routes"]
+__all__ = ["CLOSE_GRACE_S", "add_event_routes", "bound_send_buffer"]
 
 LOG_CHUNK = 500  # events read from the log per round trip while catching up
 # How long a closed subscriber's connection may stay stuck on a write (its reader not reading)
@@ -45,7 +45,7 @@ CLOSE_GRACE_S = 10.0
 SEND_BUFFER_BYTES = 128 * 1024
 
 
-def _bound_send_buffer(request: web.Request) -> None:
+def bound_send_buffer(request: web.Request) -> None:
     """A fixed kernel send buffer for an event stream: the kernel would otherwise grow it to
     megabytes for a reader that does not read, hiding how far behind it is and holding memory
     per subscriber; beyond it, events wait in the subscription's bounded queue."""
@@ -181,7 +181,7 @@ async def get_events(request: web.Request) -> web.StreamResponse:
         if after is None and not from_start:
             chunk = await request.app[STORE].read_log(feed.log_key, "", 0)
             live_from = parse_event_id(chunk.last_id, "the log") if chunk.exists else None
-        _bound_send_buffer(request)
+        bound_send_buffer(request)
         await feed.response.prepare(request)
         try:
             if after is not None or from_start:

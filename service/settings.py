@@ -287,8 +287,19 @@ OPTIONS: tuple[Option, ...] = (
         "LSTM_SSE_HEARTBEAT_S",
         "15",
         _positive_seconds,
-        "seconds between heartbeat comments on a quiet event stream",
+        "seconds between heartbeats on a quiet event stream (an SSE comment line, a WebSocket "
+        "ping)",
         "SECONDS",
+    ),
+    Option(
+        "subscription_max_streams",
+        "--subscription-max-streams",
+        "LSTM_SUBSCRIPTION_MAX_STREAMS",
+        "100",
+        _positive_int,
+        "most streams one multi-stream SSE or WebSocket connection may follow, named or matched "
+        "by a prefix (beyond: 400, or a too_many_streams error or close)",
+        "N",
     ),
     Option(
         "cors_origins",
@@ -389,6 +400,7 @@ class Settings:
     events_max_age_s: float = 86400.0
     subscriber_buffer_events: int = 1000
     sse_heartbeat_s: float = 15.0
+    subscription_max_streams: int = 100
     cors_origins: tuple[str, ...] = ()
     key_prefix: str = "lstm"
     log_level: str = "info"

@@ -70,6 +70,9 @@ __all__ = [
 # alone does not), which is how a resuming reader learns exactly what it lost. A log created anew
 # (never written, or expired) starts with a floor there, an id just below its first event's, so a
 # reader holding an id from an earlier life of the log learns that whatever followed it is gone.
+# A write that starts a new generation (guard "") also publishes "{state key}\n{floor id}" on the
+# plain channel "{prefix}:new-streams" (StateStore.new_streams_channel), so that a prefix
+# subscriber learns of a stream it has not seen: once per generation, never per step.
 # Returns per stream 1 (written), 0 (guard differed: someone else advanced or ended the stream) or
 # the log's last generation as a string (generation too old).
 COMMIT_SCRIPT = """
@@ -152,6 +155,12 @@ for i = 1, #KEYS / 2 do
       trim(log, len + n, max_len, cutoff, ids[n])
       if log_ttl > 0 then redis.call('PEXPIRE', log, log_ttl) end
       redis.call('SPUBLISH', channel, prev .. '\\n' .. message)
+      if guard == '' then
+        -- A new generation, once per stream life: announced on the deployment's new-streams
+        -- channel (plain PUBLISH reaches every node of a cluster) for prefix subscribers.
+        local tag = string.find(key, '{', 1, true)
+        redis.call('PUBLISH', string.sub(key, 1, tag - 1) .. 'new-streams', key .. '\\n' .. floor)
+      end
       written[i] = 1
     end
   elseif head == string.sub(record, 1, 24) then
@@ -480,6 +489,57 @@ class StateStore:
             return node.name, Redis(connection_pool=pool)
 
         return await self._call("connect", connect)
+
+    # -- stream discovery, for prefix subscriptions ------------------------------------------
+
+    @property
+    def new_streams_channel(self) -> str:
+        """The plain channel COMMIT_SCRIPT announces every new stream generation on."""
+        return f"{self.prefix}:new-streams"
+
+    def parse_new_stream(self, message: bytes) -> tuple[str, str, str] | None:
+        """(model, stream, floor id) from a new-streams message; None if it is not one."""
+        key, _, floor = message.decode("utf-8", "replace").partition("\n")
+        head, tail = f"{self.prefix}:{{", "}:state"
+        if not (key.startswith(head) and key.endswith(tail)):
+            return None
+        model, sep, stream = key[len(head) : -len(tail)].partition(":")  # models have no ":"
+        return (model, stream, floor) if sep else None
+
+    async def scan_streams(self, model: str, stream_prefix: str, limit: int) -> list[str]:
+        """Streams of ``model`` whose id starts with ``stream_prefix`` that have state or an
+        event log, found with SCAN on every primary; at most ``limit + 1`` of them, so a caller
+        can tell that there are more than ``limit``."""
+        escape = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
+        pattern = f"{escape}:{{{model}:{stream_prefix}*}}:*"
+        head = f"{self.prefix}:{{{model}:"
+
+        async def scan(client: Redis | RedisCluster) -> list[str]:
+            found: set[str] = set()
+            nodes: list[Any] = [None]
+            if isinstance(client, RedisCluster):
+                nodes = list(client.get_primaries())
+            for node in nodes:
+                cursor = 0
+                while len(found) <= limit:
+                    if isinstance(client, RedisCluster):
+                        reply = await client.execute_command(
+                            "SCAN", cursor, "MATCH", pattern, "COUNT", 1000, target_nodes=node
+                        )
+                        # redis-py gives the cursor per node: ({node: cursor}, keys)
+                        cursors, keys = reply
+                        cursor = int(next(iter(cursors.values())))
+                    else:
+                        cursor, keys = await client.scan(cursor, match=pattern, count=1000)
+                    for raw in keys:
+                        stream, _, suffix = _text(raw)[len(head) :].rpartition("}:")
+                        if suffix in ("state", "events"):
+                            found.add(stream)
+                    if not cursor:
+                        break
+            return sorted(found)[: limit + 1]
+
+        return await self._call("scan", scan)
 
     async def delete(self, key: str) -> bool:
         async def delete(client: Redis | RedisCluster) -> bool:

@@ -145,3 +145,27 @@ def test_events_on_every_node_reach_a_subscriber_of_the_other_process(
     finally:
         for events in subscribers:
             events.close()
+
+
+def test_a_prefix_subscription_finds_streams_on_every_node(
+    cluster: RedisClusterServers, two_services: list[ServiceProcess], stream_id: str
+) -> None:
+    """SCAN on every primary finds the streams that exist; the new-streams announcement (a plain
+    PUBLISH, which the cluster bus carries to every node) brings the ones that begin later."""
+    poster, listener = two_services
+    prefix = f"{stream_id}-px-"
+    early = [f"{prefix}{k}" for k in range(6)]
+    for s in early:
+        assert (
+            call("POST", f"{poster.url}/v1/streams/{s}/readings", {"values": [24.0]}).status == 200
+        )
+    with SseStream(f"{listener.url}/v1/events?prefix={prefix}&from=start") as events:
+        got = events.take(len(early) + 1)
+        assert got[-1].kind == "streams" and sorted(got[-1].json()["streams"]) == sorted(early)
+        assert sorted(e.json()["stream"] for e in got[:-1]) == sorted(early)
+        late = [f"{prefix}late-{k}" for k in range(6)]
+        for s in late:
+            answer = call("POST", f"{poster.url}/v1/streams/{s}/readings", {"values": [24.0]})
+            assert answer.status == 200
+        seen = [e for e in events.take(2 * len(late)) if e.kind == "message"]
+        assert sorted(e.json()["stream"] for e in seen) == sorted(late)

@@ -4,6 +4,7 @@ provoke, Redis outages and a full queue included) is one the document allows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from conftest import DEMO_MODEL_DIR
 from jsonschema import Draft202012Validator, FormatChecker
@@ -25,6 +27,7 @@ from openapi_spec_validator import validate as validate_openapi
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from service_harness import RedisServer, Response, ServiceProcess, call
+from sse_client import SseStream
 
 from service import Settings, create_app
 from service.errors import ServiceError
@@ -331,6 +334,48 @@ def _events_scenario(api: Driver, prefix: str, stream: str) -> None:
         assert api("GET", events, model="nope", stream=stream).status == 404
 
 
+def _subscriptions_scenario(api: Driver, prefix: str, stream: str) -> None:
+    """The multi-stream SSE route's and the WebSocket route's answers."""
+    multi = prefix + "/events"
+    readings = prefix + "/streams/{stream}/readings"
+    api("POST", readings, stream=stream, body={"values": [24.0]})
+    url = api.url + multi.replace("{model}", "elnino") + f"?streams={stream},{stream}-b&from=start"
+    with SseStream(url) as events:
+        assert events.status == 200
+        assert events.headers["Content-Type"].split(";")[0] == "text/event-stream"
+        first = events.take(2)
+    assert [e.kind for e in first] == ["message", "streams"]
+    api.contract.validate_schema("PredictionEvent", first[0].json())
+    cursor_schema = api.contract.doc["components"]["parameters"]["LastEventCursor"]["schema"]
+    for event in first:
+        assert re.fullmatch(cursor_schema["pattern"], event.id or ""), event.id
+    api.contract.seen.add(("GET", multi, "200"))
+    assert api("GET", multi, query="?prefix=a&streams=b").status == 400
+    assert api("GET", multi, query=f"?streams={stream}&after=nope").status == 400
+    ws_path = multi + "/ws"
+    assert api("GET", ws_path).body["error"]["code"] == "invalid_request"  # not an upgrade
+    if prefix == LONG:
+        assert api("GET", multi, model="nope", query="?streams=a").status == 404
+        assert api("GET", ws_path, model="nope").status == 404
+
+    async def websocket() -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(api.url + ws_path.replace("{model}", "elnino")) as ws,
+        ):
+            await ws.send_json({"op": "subscribe", "streams": [stream], "from": "start"})
+            while True:
+                body: dict[str, Any] = await ws.receive_json(timeout=10)
+                if body["type"] == "event":
+                    return body
+
+    event = asyncio.run(websocket())
+    assert event.pop("type") == "event"
+    assert event.pop("id") == f"{event['generation']}-{event['seq']}"
+    api.contract.validate_schema("PredictionEvent", event)
+    api.contract.seen.add(("GET", ws_path, "101"))
+
+
 def test_every_answer_of_a_real_service_is_documented(
     service: ServiceProcess,
     redis_server: RedisServer,
@@ -349,6 +394,7 @@ def test_every_answer_of_a_real_service_is_documented(
     for prefix in (LONG, SHORT):
         _readings_scenarios(api, prefix, f"{stream_id}-{prefix.count('/')}")
         _events_scenario(api, prefix, f"{stream_id}-events-{prefix.count('/')}")
+        _subscriptions_scenario(api, prefix, f"{stream_id}-subs-{prefix.count('/')}")
     for template in (LONG + "/streams/{stream}/readings", LONG + "/streams/{stream}"):
         method = "POST" if template.endswith("readings") else "GET"
         answer = api(method, template, model="nope", stream=stream_id, body={"values": [1]})
@@ -398,6 +444,8 @@ def _several_models(
         ("GET", SHORT + "/streams/{stream}", None),
         ("DELETE", SHORT + "/streams/{stream}", None),
         ("GET", SHORT + "/streams/{stream}/events", None),
+        ("GET", SHORT + "/events", None),
+        ("GET", SHORT + "/events/ws", None),
     ]:
         answer = api(method, template, stream=old, body=body)
         assert answer.body["error"]["code"] == "model_not_found"
@@ -425,7 +473,7 @@ def _outage(
         for method, suffix in [
             ("POST", "/streams/{stream}/readings"), ("POST", "/readings"),
             ("GET", "/streams/{stream}"), ("DELETE", "/streams/{stream}"),
-            ("GET", "/streams/{stream}/events"),
+            ("GET", "/streams/{stream}/events"), ("GET", "/events"),
         ]
     } | {("GET", "/readyz", "503")}  # fmt: skip
     codes: set[str] = set()
@@ -458,6 +506,7 @@ def _burst(stream_id: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
         yield "GET", prefix + "/streams/{stream}", {"stream": stream_id}
         yield "DELETE", prefix + "/streams/{stream}", {"stream": stream_id}
         yield "GET", prefix + "/streams/{stream}/events", {"stream": f"{stream_id}-sub"}
+        yield "GET", prefix + "/events", {"query": f"?streams={stream_id}-sub2"}
     yield "GET", "/readyz", {}
 
 
@@ -480,7 +529,12 @@ def test_a_fuzzer_driven_by_the_document_finds_no_server_error_and_no_undocument
     (a fixed, deterministic set, bounded by --max-examples) and checks each answer against it."""
     # An event stream never ends, so a fuzzer would wait on each valid request until its timeout;
     # _events_scenario checks those answers against the document instead.
-    skipped = ["/v1/models/{model}/streams/{stream}/events", "/v1/streams/{stream}/events"]
+    skipped = [
+        "/v1/models/{model}/streams/{stream}/events",
+        "/v1/streams/{stream}/events",
+        "/v1/models/{model}/events",
+        "/v1/events",
+    ]
     args = [
         str(Path(sys.executable).parent / "st"), "run", f"{service.url}/openapi.json",
         "--url", service.url, "--max-examples", "25", "--generation-deterministic",
