@@ -11,6 +11,7 @@ bundled demo model (2 x 64 LSTM, 1 input, 1 output):
 ``libs``    uvloop, orjson and hiredis each swapped for its pure-Python counterpart, and
             inference moved to a thread, on the single-reading and bulk paths (the evidence for
             what ships).
+``compare`` this checkout against the commit ``--baseline``, alternating, on both paths.
 ``scale``   one bulk request at a time over 1,000 distinct streams drawn at random from N live
             streams (at N = 1,000: all of them), for each N in ``--live`` (grown in place: 1k,
             then 100k, then 1M); readings/s and cost per reading at each N, and Redis memory
@@ -20,6 +21,7 @@ bundled demo model (2 x 64 LSTM, 1 input, 1 output):
     python bench/bench_service.py bulk --steps 1 10 --duration 10 --rounds 3
     python bench/bench_service.py scale --live 1000 100000 1000000 --duration 10
     python bench/bench_service.py libs --duration 8 --rounds 2
+    python bench/bench_service.py compare --baseline 1997413 --duration 8 --rounds 2
 
 Every run checks that the service applied as many readings as wrk got answers for (plus at most
 what was in flight when wrk stopped). The machine is shared: compare figures within one run.
@@ -113,13 +115,18 @@ SERVICE_LIMITS = (
 )  # fmt: skip
 
 
-def _row(result: WrkResult, per_request: int = 1) -> dict[str, float]:
-    return {
+def _row(
+    result: WrkResult, per_request: int = 1, redis_us: float | None = None
+) -> dict[str, float]:
+    row = {
         "per_s": result.per_s * per_request,
         "p50_ms": result.latency_ms["50"],
         "p99_ms": result.latency_ms["99"],
         "non_200": result.non_200 + result.socket_errors,
     }
+    if redis_us is not None:  # Redis's own time per reading: the state reads and the commits
+        row["redis_us_per_reading"] = redis_us / max(1, result.requests * per_request)
+    return row
 
 
 def _check_applied(base: str, before: int, answered: int, in_flight: int) -> None:
@@ -163,11 +170,13 @@ def _alternate(
             )
             floor_rows.append(_row(run, per_request))
             before = harness.applied_steps(service)
+            redis.reset_stats()
             run = harness.run_wrk(
                 script, service + path, work, concurrency=concurrency, duration_s=args.duration
             )
+            busy = redis.busy_us()
             _check_applied(service, before, run.requests * per_request, concurrency * per_request)
-            service_rows.append(_row(run, per_request))
+            service_rows.append(_row(run, per_request, busy))
     return _median_rows(floor_rows), _median_rows(service_rows)
 
 
@@ -201,6 +210,7 @@ def _compare(name: str, floor: dict[str, float], service: dict[str, float]) -> d
         "floor_p99_ms": floor["p99_ms"],
         "service_p99_ms": service["p99_ms"],
         "p99_ratio": round(service["p99_ms"] / floor["p99_ms"], 2),
+        "redis_us_per_reading": round(service["redis_us_per_reading"], 2),
         "non_200": int(floor["non_200"] + service["non_200"]),
     }
 
@@ -223,22 +233,25 @@ def scale(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dic
             rows = []
             for _ in range(args.rounds):
                 before = harness.applied_steps(service)
+                redis.reset_stats()
                 run = harness.run_wrk(
                     script, service, work, concurrency=args.concurrency[0],
                     duration_s=args.duration,
                 )  # fmt: skip
+                busy = redis.busy_us()
                 per_request = args.streams
                 _check_applied(
                     service, before, run.requests * per_request,
                     args.concurrency[0] * per_request,
                 )  # fmt: skip
-                rows.append(_row(run, per_request))
+                rows.append(_row(run, per_request, busy))
             row = _median_rows(rows)
             out.append(
                 {
                     "live_streams": target,
                     "readings_per_s": round(row["per_s"]),
                     "us_per_reading": round(1e6 / row["per_s"], 2),
+                    "redis_us_per_reading": round(row["redis_us_per_reading"], 2),
                     "p99_ms": row["p99_ms"],
                     "redis_bytes_per_stream": round(memory / target),
                     "state_record_bytes": state_bytes,
@@ -334,8 +347,51 @@ def libs(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dict
     return out
 
 
+def compare(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dict[str, object]]:
+    """This checkout against ``--baseline`` (a commit), alternating round by round, on the
+    single-reading path (c=64) and the bulk path (T=1 and T=10); readings/s and p99 of each."""
+    cases = {
+        "single c=64": (SINGLE_SCRIPT % args.streams, 64, 1),
+        f"bulk {args.streams} x 1": (BULK_SCRIPT % (args.streams, 1, args.streams), 4,
+                                     args.streams),
+        f"bulk {args.streams} x 10": (BULK_SCRIPT % (args.streams, 10, args.streams), 4,
+                                      10 * args.streams),
+    }  # fmt: skip
+    rows: dict[tuple[str, str], list[dict[str, float]]] = {}
+    env = {"REDIS_URL": redis.url}
+    with harness.checkout(args.baseline, work) as baseline:
+        trees = {args.baseline: baseline, "this checkout": harness.ROOT}
+        for _ in range(args.rounds):
+            for name, tree in trees.items():
+                argv = harness.service_argv(args.workers, *SERVICE_LIMITS)
+                with harness.http_process(argv, work, "service", env, cwd=tree) as service:
+                    for case, (script, concurrency, per_request) in cases.items():
+                        harness.run_wrk(
+                            script, service, work, concurrency=concurrency, duration_s=2
+                        )
+                        time.sleep(1)
+                        run = harness.run_wrk(
+                            script, service, work, concurrency=concurrency,
+                            duration_s=args.duration,
+                        )  # fmt: skip
+                        rows.setdefault((name, case), []).append(_row(run, per_request))
+    out: list[dict[str, object]] = []
+    for case in cases:
+        before = _median_rows(rows[(args.baseline, case)])
+        after = _median_rows(rows[("this checkout", case)])
+        out.append({
+            "case": case,
+            f"{args.baseline}_per_s": round(before["per_s"]),
+            "this_per_s": round(after["per_s"]),
+            "ratio": round(after["per_s"] / before["per_s"], 3),
+            f"{args.baseline}_p99_ms": before["p99_ms"],
+            "this_p99_ms": after["p99_ms"],
+        })  # fmt: skip
+    return out
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace, Path, RedisProcess], list[dict[str, object]]]]
-BENCHES = {"single": single, "bulk": bulk, "scale": scale, "libs": libs}
+BENCHES = {"single": single, "bulk": bulk, "scale": scale, "libs": libs, "compare": compare}
 
 
 def main() -> int:
@@ -348,6 +404,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--live", type=int, nargs="+", default=[1000, 100_000, 1_000_000])
+    parser.add_argument("--baseline", default="HEAD~1", help="the commit `compare` runs against")
     args = parser.parse_args()
     if args.bench == "bulk" and args.concurrency == [64]:
         args.concurrency = [4]

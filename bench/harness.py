@@ -94,6 +94,17 @@ class RedisProcess:
     def used_memory(self) -> int:
         return int(self.client().info("memory")["used_memory"])
 
+    def reset_stats(self) -> None:
+        self.client().config_resetstat()
+
+    def busy_us(self) -> float:
+        """Microseconds Redis spent executing commands since ``reset_stats`` (scripts counted
+        once, with everything they called)."""
+        stats = self.client().info("commandstats")
+        return float(
+            sum(v["usec"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_mget"))
+        )
+
 
 @contextlib.contextmanager
 def redis_server(work: Path) -> Iterator[RedisProcess]:
@@ -122,7 +133,11 @@ def redis_server(work: Path) -> Iterator[RedisProcess]:
 
 @contextlib.contextmanager
 def http_process(
-    argv: Sequence[str], work: Path, name: str, env: dict[str, str] | None = None
+    argv: Sequence[str],
+    work: Path,
+    name: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> Iterator[str]:
     """A server subprocess listening on a free port (``argv`` gets ``--port``); yields its base
     URL once ``/readyz`` answers, and stops it with SIGTERM."""
@@ -131,7 +146,7 @@ def http_process(
     process = subprocess.Popen(
         [*argv, "--port", str(port)],
         env={**os.environ, **(env or {})},
-        cwd=ROOT,
+        cwd=cwd,  # `python -m service` runs the service package found here
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -146,6 +161,19 @@ def http_process(
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@contextlib.contextmanager
+def checkout(ref: str, work: Path) -> Iterator[Path]:
+    """A detached work tree of ``ref`` (a commit of this repository) for the duration."""
+    tree = work / f"checkout-{ref.replace('/', '_')}"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), ref],
+                   check=True)  # fmt: skip
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                       check=False)  # fmt: skip
 
 
 @contextlib.contextmanager
