@@ -437,7 +437,8 @@ def build_parser(prog: str = "lstm-serve") -> argparse.ArgumentParser:
             metavar=opt.metavar,
             action="append" if opt.repeatable else "store",
             default=None,
-            help=f"{opt.help}{default_note}; env {opt.env}",
+            # argparse %-formats help texts: a literal % (as in "20-35%") must be doubled
+            help=f"{opt.help}{default_note}; env {opt.env}".replace("%", "%%"),
         )
     return parser
 

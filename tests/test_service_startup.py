@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -181,6 +182,20 @@ def test_several_models_and_the_default_model(
     short = call("POST", chosen.url + "/v1/streams/m1/readings", {"values": [25.0]})
     assert short.status == 200 and short.body["model"] == "sst2"
     assert short.body["results"][0]["seq"] == 2
+
+
+def test_help_lists_every_option() -> None:
+    answer = subprocess.run(
+        [sys.executable, "-m", "service", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "400"},  # no wrapping inside the texts looked for
+    )
+    assert answer.returncode == 0, answer.stderr
+    for opt in OPTIONS:
+        assert opt.flag in answer.stdout and opt.env in answer.stdout
+    assert "20-35% of throughput" in answer.stdout  # a literal % survives argparse
 
 
 def test_the_readme_configuration_table_is_the_settings_table() -> None:
