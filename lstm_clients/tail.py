@@ -93,8 +93,8 @@ async def tail(args: argparse.Namespace) -> int:
                                   file=sys.stderr)  # fmt: skip
                         elif event.kind == "closed":
                             reason = json.loads(event.data)
-                            print(f"lstm-tail: closed by the service ({reason['code']}); "
-                                  "resuming", file=sys.stderr)  # fmt: skip
+                            print(f"lstm-tail: disconnected: closed by the service "
+                                  f"({reason['code']}); resuming", file=sys.stderr)  # fmt: skip
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 print(f"lstm-tail: disconnected ({exc or type(exc).__name__}); retrying in "
                       f"{delay:g} s", file=sys.stderr)  # fmt: skip

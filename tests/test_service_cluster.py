@@ -167,5 +167,16 @@ def test_a_prefix_subscription_finds_streams_on_every_node(
         for s in late:
             answer = call("POST", f"{poster.url}/v1/streams/{s}/readings", {"values": [24.0]})
             assert answer.status == 200
-        seen = [e for e in events.take(2 * len(late)) if e.kind == "message"]
-        assert sorted(e.json()["stream"] for e in seen) == sorted(late)
+        # Each late stream's first event arrives; `streams` notices follow as streams start,
+        # one per start or one for several that started together, the last listing them all.
+        seen: list[str] = []
+        listed: list[str] = []
+        while len(seen) < len(late) or len(listed) < len(early) + len(late):
+            event = events.next()
+            assert event is not None, "the event stream ended"
+            if event.kind == "message":
+                seen.append(event.json()["stream"])
+            elif event.kind == "streams":
+                listed = event.json()["streams"]
+        assert sorted(seen) == sorted(late)
+        assert sorted(listed) == sorted(early + late)
