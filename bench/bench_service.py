@@ -261,9 +261,9 @@ def scale(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dic
             )
             print(json.dumps(out[-1]), file=sys.stderr, flush=True)
     if out:
-        first = out[0]["us_per_reading"]
-        for row in out:
-            row["cost_vs_first"] = round(float(row["us_per_reading"]) / float(first), 3)  # type: ignore[arg-type]
+        first = float(str(out[0]["us_per_reading"]))
+        for entry in out:
+            entry["cost_vs_first"] = round(float(str(entry["us_per_reading"])) / first, 3)
     return out
 
 

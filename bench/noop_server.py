@@ -82,7 +82,12 @@ def main() -> int:
     workers = [context.Process(target=_worker, args=(args.port, True)) for _ in range(args.workers)]
     for w in workers:
         w.start()
-    signal.signal(signal.SIGTERM, lambda *_: [w.terminate() for w in workers])
+
+    def stop(*_: object) -> None:
+        for w in workers:
+            w.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
     for w in workers:
         w.join()
     return 0

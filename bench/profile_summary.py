@@ -56,8 +56,8 @@ def main() -> int:
         print("no samples", file=sys.stderr)
         return 1
     print(f"{total} samples")
-    for name, n in counts.most_common():
-        print(f"{100 * n / total:5.1f}%  {name}")
+    for name, count in counts.most_common():
+        print(f"{100 * count / total:5.1f}%  {name}")
     return 0
 
 
