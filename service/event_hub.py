@@ -63,6 +63,9 @@ class NewStream:
         self.floor = floor
 
 
+# How a single-stream SSE subscriber resumes, said when its connection is ended.
+_SSE_HINT = "reconnect with Last-Event-ID to resume where it stopped"
+
 MailItem = Any  # LiveBatch, a marker, NewStream, or whatever its owner queues itself
 
 
@@ -119,71 +122,42 @@ class Mailbox:
 
 
 class Subscription:
-    """One subscriber's queue of live batches: at most ``limit`` events, or one write's."""
+    """One stream followed by one connection. Its items go to the connection's ``Mailbox``; a
+    single-stream subscriber gets a mailbox of its own (``owns_mailbox``), so there is one queue
+    implementation, with one bound, whatever the route."""
 
     def __init__(
-        self, model: str, stream: str, channel: str, limit: int, mailbox: Mailbox | None = None
+        self, model: str, stream: str, channel: str, mailbox: Mailbox, owns_mailbox: bool
     ) -> None:
         self.model = model
         self.stream = stream
         self.channel = channel
-        self.limit = limit
-        self.mailbox = mailbox  # set: items go to this connection-level queue instead
-        self.reason: tuple[str, str] | None = None  # (code, message) once closed
-        self.on_close: Callable[[], None] | None = None
-        self._items: deque[LiveBatch | _Marker] = deque()
-        self._pending = 0
-        self._wakeup = asyncio.Event()
+        self.mailbox = mailbox
+        self.owns_mailbox = owns_mailbox
+
+    @property
+    def reason(self) -> tuple[str, str] | None:
+        """(code, message) once the connection's queue is closed."""
+        return self.mailbox.reason
 
     def push(self, item: LiveBatch | _Marker) -> bool:
         """Queue without waiting; False when this would pass the bound (nothing is queued)."""
-        if self.mailbox is not None:
-            return self.mailbox.push(self, item)
-        if self.reason is not None:
-            return True
-        if isinstance(item, LiveBatch):
-            # An empty queue takes any one write, however many readings it applied.
-            if self._pending and self._pending + len(item.events) > self.limit:
-                return False
-            self._pending += len(item.events)
-        self._items.append(item)
-        self._wakeup.set()
-        return True
+        return self.mailbox.push(self, item)
 
     def too_slow(self) -> str:
-        hint = (
-            self.mailbox.resume_hint
-            if self.mailbox is not None
-            else "reconnect with Last-Event-ID to resume where it stopped"
+        return (
+            f"more than {self.mailbox.limit} events were waiting for this subscriber; "
+            f"{self.mailbox.resume_hint}"
         )
-        return f"more than {self.limit} events were waiting for this subscriber; {hint}"
 
     def close(self, code: str, message: str) -> None:
-        if self.mailbox is not None:
-            self.mailbox.close(code, message)
-            return
-        if self.reason is None:
-            self.reason = (code, message)
-            self._items.clear()
-            self._pending = 0
-            self._wakeup.set()
-            if self.on_close is not None:
-                self.on_close()
+        self.mailbox.close(code, message)
 
-    async def next(self, timeout: float) -> LiveBatch | _Marker | None:
-        """The next item, CLOSED once closed, or None after ``timeout`` seconds of quiet."""
-        if self.reason is None and not self._items:
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-        if self.reason is not None:
-            return CLOSED
-        if not self._items:
-            return None
-        item = self._items.popleft()
-        if isinstance(item, LiveBatch):
-            self._pending -= len(item.events)
-        return item
+    async def next(self, timeout: float) -> MailItem | _Marker | None:
+        """For a subscription with its own mailbox: the next item, CLOSED once closed, or None
+        after ``timeout`` seconds of quiet."""
+        got = await self.mailbox.next(timeout)
+        return got[1] if isinstance(got, tuple) else got
 
 
 class _Node:
@@ -360,16 +334,16 @@ class EventHub:
         that connection's queue (and the connection is what counts as a subscriber)."""
         self._check_open()
         channel = self.store.stream_keys(model, stream).channel
-        limit = self.buffer_events if mailbox is None else mailbox.limit
-        sub = Subscription(model, stream, channel, limit, mailbox)
+        if mailbox is None:  # a single-stream subscriber: the connection is this subscription
+            sub = Subscription(model, stream, channel, self.open_mailbox("sse", _SSE_HINT), True)
+        else:
+            sub = Subscription(model, stream, channel, mailbox, False)
         subs = self._subs.get(channel)
         if subs is None:
             subs = self._subs[channel] = set()
             self.metrics.subscribed_streams.inc()
         subs.add(sub)
         self._names[channel] = (model, stream)
-        if mailbox is None:
-            self.metrics.subscribers.labels("sse").inc()
         try:
             node = await self._node_for(channel)
             await asyncio.wait_for(node.subscribe(channel), self.store.timeout_s)
@@ -403,8 +377,9 @@ class EventHub:
         if subs is None or sub not in subs:
             return
         subs.discard(sub)
-        if sub.mailbox is None:
-            self.metrics.subscribers.labels("sse").dec()
+        if sub.owns_mailbox and sub.mailbox in self._mailboxes:
+            self._mailboxes.discard(sub.mailbox)
+            self.metrics.subscribers.labels(sub.mailbox.transport).dec()
         if not subs:
             del self._subs[sub.channel]
             self._names.pop(sub.channel, None)
@@ -480,16 +455,6 @@ class EventHub:
             if mailbox.reason is None:
                 self.metrics.subscribers_closed.labels("shutdown").inc()
             mailbox.close("shutting_down", f"the service is stopping; {mailbox.resume_hint}")
-        for subs in self._subs.values():
-            for sub in subs:
-                if sub.mailbox is not None:
-                    continue
-                if sub.reason is None:
-                    self.metrics.subscribers_closed.labels("shutdown").inc()
-                sub.close(
-                    "shutting_down",
-                    "the service is stopping; reconnect with Last-Event-ID to resume",
-                )
 
     async def close(self) -> None:
         """End every subscription and close the pub/sub connections."""

@@ -175,7 +175,7 @@ async def get_events(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     sub = await hub.subscribe(model.name, stream)  # before the log is read: nothing falls between
     feed = _Feed(request, sub)
-    sub.on_close = feed.arm_cut
+    sub.mailbox.on_close = feed.arm_cut
     try:
         live_from: EventId | None = None
         if after is None and not from_start:
