@@ -115,6 +115,9 @@ SERVICE_LIMITS = (
 )  # fmt: skip
 
 
+Case = tuple[str, int, int]  # wrk script, concurrency, readings per request
+
+
 def _row(
     result: WrkResult, per_request: int = 1, redis_us: float | None = None
 ) -> dict[str, float]:
@@ -161,9 +164,8 @@ def _alternate(
             harness.service_argv(args.workers, *SERVICE_LIMITS), work, "service", env
         ) as service,
     ):
-        for base in (floor, service):  # warm-up: connections, caches, the first streams
-            harness.run_wrk(script, base + path, work, concurrency=concurrency, duration_s=2)
-        time.sleep(1)
+        for base in (floor, service):
+            _warm_up(script, base + path, work, concurrency)
         for _ in range(args.rounds):
             run = harness.run_wrk(
                 script, floor + path, work, concurrency=concurrency, duration_s=args.duration
@@ -228,8 +230,7 @@ def scale(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dic
             memory = redis.used_memory() - baseline_memory
             state_bytes, log_bytes = _sampled_usage(client, target)
             script = BULK_SCRIPT % (args.streams, 1, target)
-            harness.run_wrk(script, service, work, concurrency=args.concurrency[0], duration_s=2)
-            time.sleep(1)  # the warm-up's last request is answered before counting starts
+            _warm_up(script, service, work, args.concurrency[0])
             rows = []
             for _ in range(args.rounds):
                 before = harness.applied_steps(service)
@@ -314,34 +315,58 @@ VARIANTS = {
 }
 
 
+def _cases(args: argparse.Namespace, bulk_steps: tuple[int, ...]) -> dict[str, Case]:
+    """The single-reading path at c=64 and the bulk path with each of ``bulk_steps``."""
+    cases = {"single c=64": (SINGLE_SCRIPT % args.streams, 64, 1)}
+    for steps in bulk_steps:
+        script = BULK_SCRIPT % (args.streams, steps, args.streams)
+        cases[f"bulk {args.streams} x {steps}"] = (script, 4, args.streams * steps)
+    return cases
+
+
+def _variant_rounds(
+    args: argparse.Namespace,
+    work: Path,
+    redis: RedisProcess,
+    variants: dict[str, tuple[dict[str, str], Path]],
+    cases: dict[str, Case],
+) -> dict[tuple[str, str], dict[str, float]]:
+    """Each variant (its environment and the checkout it runs from) on every case, a fresh
+    service per variant and round, the variants alternating round by round; the median row of
+    each (variant, case)."""
+    rows: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for _ in range(args.rounds):
+        for name, (extra_env, tree) in variants.items():
+            argv = harness.service_argv(args.workers, *SERVICE_LIMITS)
+            env = {"REDIS_URL": redis.url, **extra_env}
+            with harness.http_process(argv, work, "service", env, cwd=tree) as service:
+                for case, (script, concurrency, per_request) in cases.items():
+                    _warm_up(script, service, work, concurrency)
+                    run = harness.run_wrk(
+                        script, service, work, concurrency=concurrency, duration_s=args.duration
+                    )
+                    rows.setdefault((name, case), []).append(_row(run, per_request))
+    return {key: _median_rows(value) for key, value in rows.items()}
+
+
+def _warm_up(script: str, url: str, work: Path, concurrency: int) -> None:
+    """Two seconds of the load (connections, caches, the first streams), then a second for the
+    last requests to be answered before anything is counted."""
+    harness.run_wrk(script, url, work, concurrency=concurrency, duration_s=2)
+    time.sleep(1)
+
+
 def libs(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dict[str, object]]:
     """Each variant on the single-reading path (c=64) and the bulk path (T=1), rounds
-    alternating between variants; requests/s relative to the shipped build."""
-    cases = {
-        "single c=64": (SINGLE_SCRIPT % args.streams, 64, 1),
-        f"bulk {args.streams} x 1": (BULK_SCRIPT % (args.streams, 1, args.streams), 4,
-                                     args.streams),
-    }  # fmt: skip
-    rates: dict[tuple[str, str], list[float]] = {}
-    for _ in range(args.rounds):
-        for name, env in VARIANTS.items():
-            with harness.http_process(
-                harness.service_argv(args.workers, *SERVICE_LIMITS),
-                work, "service", {"REDIS_URL": redis.url, **env},
-            ) as service:  # fmt: skip
-                for case, (script, concurrency, per_request) in cases.items():
-                    harness.run_wrk(script, service, work, concurrency=concurrency, duration_s=2)
-                    time.sleep(1)
-                    run = harness.run_wrk(
-                        script, service, work, concurrency=concurrency,
-                        duration_s=args.duration,
-                    )  # fmt: skip
-                    rates.setdefault((name, case), []).append(run.per_s * per_request)
+    alternating between variants; readings/s relative to the shipped build."""
+    cases = _cases(args, (1,))
+    variants = {name: (env, harness.ROOT) for name, env in VARIANTS.items()}
+    rows = _variant_rounds(args, work, redis, variants, cases)
     out: list[dict[str, object]] = []
     for case in cases:
-        shipped = statistics.median(rates[("all C (as shipped)", case)])
+        shipped = rows[("all C (as shipped)", case)]["per_s"]
         for name in VARIANTS:
-            rate = statistics.median(rates[(name, case)])
+            rate = rows[(name, case)]["per_s"]
             out.append({"case": case, "variant": name, "readings_per_s": round(rate),
                         "vs_shipped": round(rate / shipped, 3)})  # fmt: skip
     return out
@@ -350,35 +375,17 @@ def libs(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dict
 def compare(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dict[str, object]]:
     """This checkout against ``--baseline`` (a commit), alternating round by round, on the
     single-reading path (c=64) and the bulk path (T=1 and T=10); readings/s and p99 of each."""
-    cases = {
-        "single c=64": (SINGLE_SCRIPT % args.streams, 64, 1),
-        f"bulk {args.streams} x 1": (BULK_SCRIPT % (args.streams, 1, args.streams), 4,
-                                     args.streams),
-        f"bulk {args.streams} x 10": (BULK_SCRIPT % (args.streams, 10, args.streams), 4,
-                                      10 * args.streams),
-    }  # fmt: skip
-    rows: dict[tuple[str, str], list[dict[str, float]]] = {}
-    env = {"REDIS_URL": redis.url}
+    cases = _cases(args, (1, 10))
     with harness.checkout(args.baseline, work) as baseline:
-        trees = {args.baseline: baseline, "this checkout": harness.ROOT}
-        for _ in range(args.rounds):
-            for name, tree in trees.items():
-                argv = harness.service_argv(args.workers, *SERVICE_LIMITS)
-                with harness.http_process(argv, work, "service", env, cwd=tree) as service:
-                    for case, (script, concurrency, per_request) in cases.items():
-                        harness.run_wrk(
-                            script, service, work, concurrency=concurrency, duration_s=2
-                        )
-                        time.sleep(1)
-                        run = harness.run_wrk(
-                            script, service, work, concurrency=concurrency,
-                            duration_s=args.duration,
-                        )  # fmt: skip
-                        rows.setdefault((name, case), []).append(_row(run, per_request))
+        variants: dict[str, tuple[dict[str, str], Path]] = {
+            args.baseline: ({}, baseline),
+            "this checkout": ({}, harness.ROOT),
+        }
+        rows = _variant_rounds(args, work, redis, variants, cases)
     out: list[dict[str, object]] = []
     for case in cases:
-        before = _median_rows(rows[(args.baseline, case)])
-        after = _median_rows(rows[("this checkout", case)])
+        before = rows[(args.baseline, case)]
+        after = rows[("this checkout", case)]
         out.append({
             "case": case,
             f"{args.baseline}_per_s": round(before["per_s"]),

@@ -79,12 +79,13 @@ class Batcher:
 
     # -- admission ---------------------------------------------------------------------------
 
-    def check_room(self) -> None:
-        """Raise Overloaded when the queue is full: a handler calls this before it reads a body,
-        so that an overloaded service spends nothing on requests it must refuse anyway."""
+    def check_room(self, readings: int = 1) -> None:
+        """Raise Overloaded unless ``readings`` more fit in the queue. Handlers call it before
+        they read a body (is there room for one?), so that an overloaded service spends nothing
+        on requests it must refuse anyway; ``submit`` calls it with the real count."""
         if not self._accepting:
             raise Overloaded("the service is shutting down; retry on another replica")
-        if self._queued_readings >= self.settings.queue_max_readings:
+        if self._queued_readings + readings > self.settings.queue_max_readings:
             raise Overloaded(
                 f"{self._queued_readings} readings are queued (limit "
                 f"{self.settings.queue_max_readings}); retry shortly"
@@ -93,13 +94,7 @@ class Batcher:
     def submit(self, units: Sequence[Unit]) -> None:
         """Queue units (all or none); raises Overloaded when the queue would exceed its bound."""
         count = sum(len(u.readings) for u in units)
-        if not self._accepting:
-            raise Overloaded("the service is shutting down; retry on another replica")
-        if self._queued_readings + count > self.settings.queue_max_readings:
-            raise Overloaded(
-                f"{self._queued_readings} readings are queued (limit "
-                f"{self.settings.queue_max_readings}); retry shortly"
-            )
+        self.check_room(count)
         self._queue.extend(units)
         self._queued_readings += count
         self.metrics.queue_readings.set(self._queued_readings)
