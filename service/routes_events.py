@@ -34,6 +34,8 @@ from .event_hub import CLOSED, RESYNC, Subscription
 from .events import Event, EventId, LiveBatch, events_from_log, format_id, parse_event_id
 from .routes_v1 import model_for
 from .settings import Settings
+from .state_store import LogChunk
+from .subscriber import gap_body
 from .wire import check_stream_id
 
 __all__ = ["CLOSE_GRACE_S", "add_event_routes", "bound_send_buffer"]
@@ -129,42 +131,16 @@ class _Feed:
             if self.last is not None:
                 deleted = parse_event_id(chunk.deleted_id, "the log") if chunk.exists else None
                 if not chunk.exists or (deleted is not None and deleted > self.last):
-                    await self._gap(chunk.exists, chunk.deleted_id, chunk.entries, settings)
+                    await self._gap(chunk, settings)
             await self.send(events_from_log(self.model, self.stream, chunk.entries))
             if len(chunk.entries) < LOG_CHUNK:
                 return
 
-    async def _gap(
-        self,
-        exists: bool,
-        deleted_id: str,
-        entries: list[tuple[str, dict[bytes, bytes]]],
-        settings: Settings,
-    ) -> None:
-        after = format_id(self.last) if self.last is not None else None
-        first = entries[0][0] if entries else None
-        if exists:
-            message = (
-                f"the log does not hold the events after {after} up to and including "
-                f"{deleted_id}: its bounds ({settings.events_max_len} events, "
-                f"{settings.events_max_age_s:g} s) dropped them, or they came before the log was "
-                "created; the next event sent is the oldest it holds"
-            )
-        else:
-            message = (
-                f"stream {self.stream!r} has no event log (it never had events, or its log "
-                f"expired after {settings.events_max_age_s:g} s without any): events after "
-                f"{after}, if there were any, are no longer held"
-            )
-        await self.notice(
-            "gap",
-            {
-                "after": after,
-                "lost_through": deleted_id if exists else None,
-                "first_held": first,
-                "message": message,
-            },
-        )
+    async def _gap(self, chunk: LogChunk, settings: Settings) -> None:
+        assert self.last is not None  # a gap is only ever after an event
+        body = gap_body(self.stream, self.last, chunk, settings)
+        del body["stream"]  # the single-stream gap event keeps its documented fields
+        await self.notice("gap", body)
 
 
 async def get_events(request: web.Request) -> web.StreamResponse:
