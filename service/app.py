@@ -207,6 +207,7 @@ def create_app(
         )
     for model in served.values():
         app[METRICS].model_info.labels(model.name, model.version).set(1)
+        app[METRICS].model_stats.register(model.name)
         app[METRICS].streams_expired.labels(model.name)
     app.cleanup_ctx.append(redis_ctx)
     if watch_expiry and settings.state_ttl_s > 0:

@@ -29,6 +29,7 @@ from .errors import Overloaded, ServiceError
 from .events import log_append_packed
 from .metrics import Metrics
 from .model import ServedModel
+from .model_stats import Tally
 from .plan import Applied, Duplicate, StreamPlan, Unit, UnitResult, plan_stream
 from .record import StreamState, encode_record_packed
 from .settings import Settings
@@ -201,17 +202,28 @@ class Batcher:
         return self._last_generation
 
     async def _process(self, batch: list[Unit]) -> None:
+        started = time.perf_counter()
+        tallies: dict[str, Tally] = {}  # per model, for its statistics (model_stats.py)
         # Group by stream, keeping arrival order inside each stream.
         groups: dict[str, list[Unit]] = {}
         for unit in batch:
             unit.attempts += 1
-            key = self.store.state_key(unit.model.name, unit.stream)
+            name = unit.model.name
+            tally = tallies.get(name)
+            if tally is None:
+                tally = tallies[name] = Tally()
+            tally.units += 1
+            if unit.attempts == 1:
+                tally.queued += 1
+                tally.queue_s += started - unit.enqueued_at
+            key = self.store.state_key(name, unit.stream)
             groups.setdefault(key, []).append(unit)
         keys = list(groups)
         try:
             raws = await self.store.load_many(keys)
         except ServiceError as exc:
-            self._fail(batch, exc)
+            self._fail(batch, exc, tallies)
+            self._record_stats(tallies, started, None)
             return
 
         plans: list[StreamPlan] = []
@@ -231,22 +243,29 @@ class Batcher:
                     units,
                     state,
                     self.settings.on_version_mismatch,
-                    self._new_generation() if state is None or state.h is None else 0,
+                    self._new_generation,
                 )
             )
 
         # A stream with nothing to write (only retries, stale seqs or refusals) is answered from
         # the state just read; its answer does not wait for the other streams' write.
         writing = []
+        # Back to the queue's front: streams that lost a race, and units a plan left for the
+        # next batch (plan.py), these behind the others of their stream.
+        conflicts: list[Unit] = []
+        deferred: list[Unit] = []
         counts: Counter[str] = Counter()
         for plan in plans:
             if plan.needs_write:
                 writing.append(plan)
             else:
-                self._answer(plan, None, counts)
+                self._answer(plan, None, counts, tallies)
+                deferred.extend(plan.deferred)
         self._count(counts)
         counts.clear()
-        outputs = await self._infer(writing)
+        inferring = time.perf_counter()
+        outputs = await self._infer(writing, tallies)
+        inferred = time.perf_counter()
         now = time.time()
         now_ms = int(now * 1000)
         writes = [self._record(plan, outputs[id(plan)], now, now_ms) for plan in writing]
@@ -255,26 +274,43 @@ class Batcher:
                 writes, self.settings.state_ttl_ms, self._log_policy, now_ms
             )
         except ServiceError as exc:
-            self._fail([u for p in writing for u in p.units], exc)
+            self._fail([u for p in writing for u in p.units], exc, tallies)
+            self._requeue(deferred + [u for p in writing for u in p.deferred], contended=False)
+            self._record_stats(tallies, started, (inferring, inferred))
             return
 
-        retry: list[Unit] = []
         for plan, outcome in zip(writing, written, strict=True):
             if isinstance(outcome, ServiceError):  # that stream's Redis node failed
-                self._fail(plan.units, outcome)
+                self._fail(plan.units, outcome, tallies)
             elif outcome is True:
-                self._answer(plan, outputs[id(plan)].y, counts)
+                self._answer(plan, outputs[id(plan)].y, counts, tallies)
             else:
                 if outcome is not False:
                     # A new generation that does not sort after the stream's event log (another
                     # replica's clock is ahead): the next attempt starts after the log's.
                     self._last_generation = max(self._last_generation, outcome)
                 self.metrics.cas_conflicts.inc()
-                retry.extend(plan.units)
+                conflicts.extend(plan.units)
+            deferred.extend(plan.deferred)
         self._count(counts)
-        self._requeue(retry)
+        self._requeue(deferred, contended=False)
+        self._requeue(conflicts)
+        self._record_stats(tallies, started, (inferring, inferred))
 
-    async def _infer(self, plans: list[StreamPlan]) -> dict[int, Output]:
+    def _record_stats(
+        self, tallies: dict[str, Tally], started: float, inference: tuple[float, float] | None
+    ) -> None:
+        """Each model's share of the batch into its statistics; ``inference``: when the
+        batch's model calls began and ended (None: the batch failed before them)."""
+        done = time.perf_counter()
+        if inference is None:
+            input_s, output_s = done - started, 0.0
+        else:
+            input_s, output_s = inference[0] - started, done - inference[1]
+        for name, tally in tallies.items():
+            self.metrics.model_stats.record(name, tally, input_s, output_s)
+
+    async def _infer(self, plans: list[StreamPlan], tallies: dict[str, Tally]) -> dict[int, Output]:
         """Run the batch's streams through their models; per plan its ``Output``.
 
         Streams are grouped by model and by length bucket (1, 2, 3-4, 5-8, ...). onnxruntime's
@@ -288,10 +324,10 @@ class Batcher:
             groups.setdefault((plan.model.name, bucket), []).append(plan)
         out: dict[int, Output] = {}
         for group in groups.values():
-            out.update(await self._infer_group(group))
+            out.update(await self._infer_group(group, tallies[group[0].model.name]))
         return out
 
-    async def _infer_group(self, group: list[StreamPlan]) -> dict[int, Output]:
+    async def _infer_group(self, group: list[StreamPlan], tally: Tally) -> dict[int, Output]:
         """One model call for the group; each stream's rows are cut out of whole-group arrays
         (one ``tobytes`` per array, then byte slices), which is what keeps a 1,000-stream batch
         cheap."""
@@ -316,7 +352,12 @@ class Batcher:
             )
         else:
             y, hn, cn = model.step(x, h0, c0, lengths)
-        self.metrics.inference_seconds.labels(model.name).observe(time.perf_counter() - start)
+        took = time.perf_counter() - start
+        self.metrics.inference_seconds.labels(model.name).observe(took)
+        requests = sum(len(p.units) for p in group)
+        tally.inferred += requests
+        tally.infer_s += requests * took
+        tally.executions.append((len(group), took))
         y_rows = np.ascontiguousarray(y.transpose(1, 0, 2))  # [B, steps, outputs]
         h_all = np.ascontiguousarray(hn.transpose(1, 0, 2)).tobytes()
         c_all = np.ascontiguousarray(cn.transpose(1, 0, 2)).tobytes()
@@ -355,13 +396,14 @@ class Batcher:
         )
         # the last applied unit's steps are the plan's last steps
         row = len(output.y_bytes) // len(seqs)
+        # A stream that ends keeps only its last request's results (record.py)
         record = encode_record_packed(
             plan.generation,
             seqs[-1],
             now,
             plan.model.version,
-            output.h,
-            output.c,
+            b"" if plan.ends else output.h,
+            b"" if plan.ends else output.c,
             seqs[last.first : last.first + last.count],
             output.y_bytes[last.first * row : (last.first + last.count) * row],
         )
@@ -372,11 +414,26 @@ class Batcher:
             events,
         )
 
-    def _answer(self, plan: StreamPlan, y: np.ndarray | None, counts: Counter[str]) -> None:
+    def _answer(
+        self,
+        plan: StreamPlan,
+        y: np.ndarray | None,
+        counts: Counter[str],
+        tallies: dict[str, Tally],
+    ) -> None:
         """Resolve every unit of a plan whose write (if any) happened; ``counts`` gathers the
-        batch's readings by outcome, for one metric update per batch."""
+        batch's readings by outcome, for one metric update per batch, and ``tallies`` its
+        requests, for the model's statistics."""
+        tally = tallies[plan.model.name]
+        now = time.perf_counter()
         for unit, outcome in zip(plan.units, plan.outcomes, strict=True):
             n = len(unit.readings)
+            if isinstance(outcome, ServiceError):
+                tally.fail += 1
+                tally.fail_s += now - unit.enqueued_at
+            else:
+                tally.success += 1
+                tally.success_s += now - unit.enqueued_at
             if isinstance(outcome, Applied):
                 assert y is not None
                 rows = y[outcome.first : outcome.first + outcome.count].tolist()
@@ -395,16 +452,28 @@ class Batcher:
         for outcome, n in counts.items():
             self.metrics.readings.labels(outcome).inc(n)
 
-    def _fail(self, units: list[Unit], error: ServiceError) -> None:
+    def _fail(
+        self, units: list[Unit], error: ServiceError, tallies: dict[str, Tally] | None = None
+    ) -> None:
         self.metrics.readings.labels("failed").inc(sum(len(u.readings) for u in units))
+        now = time.perf_counter()
         for unit in units:
+            if tallies is not None:
+                tally = tallies[unit.model.name]
+                tally.fail += 1
+                tally.fail_s += now - unit.enqueued_at
             _resolve(unit, error=error)
 
-    def _requeue(self, units: list[Unit]) -> None:
-        """Put conflicting streams back at the front, in their order, ahead of newer readings."""
+    def _requeue(self, units: list[Unit], contended: bool = True) -> None:
+        """Put units back at the front, in their order, ahead of newer readings; ``contended``:
+        they lost a race, and a unit that lost too many is answered 503."""
+        if not units:
+            return
         keep = []
         for unit in units:
-            if unit.attempts >= MAX_ATTEMPTS:
+            if not contended:
+                keep.append(unit)
+            elif unit.attempts >= MAX_ATTEMPTS:
                 self._fail([unit], Overloaded("the stream is contended too heavily; retry"))
             else:
                 keep.append(unit)

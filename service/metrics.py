@@ -12,10 +12,14 @@ supervisor sets it before it starts the workers. Gauges say how their per-proces
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from .model_stats import ModelStats
 
 __all__ = ["LATENCY_BUCKETS_S", "READING_OUTCOMES", "SUBSCRIBER_TRANSPORTS", "Metrics"]
 
@@ -152,6 +156,7 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.model_stats = ModelStats(r)
         for reason in ("too_slow", "shutdown"):
             self.subscribers_closed.labels(reason)
         for transport in SUBSCRIBER_TRANSPORTS:
@@ -159,12 +164,20 @@ class Metrics:
         for outcome in READING_OUTCOMES:
             self.readings.labels(outcome)
 
-    def exposition(self) -> bytes:
-        """The Prometheus text of this process, or of every process sharing the directory."""
+    def _scrape_registry(self) -> CollectorRegistry:
+        """This process's registry, or one that reads every process's files anew."""
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
+            return self.registry
         registry = CollectorRegistry()  # fresh per scrape: the collector reads the files anew
         MultiProcessCollector(  # type: ignore[no-untyped-call]
             registry, path=str(self.multiprocess_dir)
         )
-        return generate_latest(registry)
+        return registry
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this process, or of every process sharing the directory."""
+        return generate_latest(self._scrape_registry())
+
+    def collect(self) -> Iterable[Metric]:
+        """The metric families, summed over every process sharing the directory."""
+        return self._scrape_registry().collect()

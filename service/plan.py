@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -66,7 +67,11 @@ class Ticket:
 
 @dataclass(eq=False)
 class Unit:
-    """The readings of one stream from one request: applied together or not at all."""
+    """The readings of one stream from one request: applied together or not at all.
+
+    ``start``: the stream begins a new generation from zero state with these readings (v2's
+    ``sequence_start``); ``end``: the stream ends after them (``sequence_end``).
+    """
 
     model: ServedModel
     stream: str
@@ -75,6 +80,8 @@ class Unit:
     enqueued_at: float = field(default_factory=time.perf_counter)
     attempts: int = 0
     ticket: Ticket | None = None
+    start: bool = False
+    end: bool = False
 
 
 # How a unit ends once the batch's inference has run: its readings' indices into the plan's steps,
@@ -98,7 +105,7 @@ class StreamPlan:
     model: ServedModel
     stream: str
     key: str
-    units: list[Unit]
+    units: list[Unit]  # the units this batch decides, one outcome each
     expected_guard: bytes
     generation: int
     h0: np.ndarray  # float32 [layers, hidden]
@@ -106,6 +113,11 @@ class StreamPlan:
     steps: list[Reading] = field(default_factory=list)  # readings to run, seq assigned
     outcomes: list[Outcome] = field(default_factory=list)
     last_applied: Applied | None = None  # the unit whose results the record will hold
+    ends: bool = False  # the last applied unit ends the stream: the record keeps no state
+    # Units of this stream left for the next batch: everything after a unit that ends the stream,
+    # and a unit that starts a new generation after steps of the current one (one record write
+    # carries one generation).
+    deferred: list[Unit] = field(default_factory=list)
 
     @property
     def needs_write(self) -> bool:
@@ -124,41 +136,55 @@ def plan_stream(
     units: list[Unit],
     state: StreamState | None,
     on_version_mismatch: str,
-    new_generation: int,
+    new_generation: Callable[[], int],
 ) -> StreamPlan:
-    """Decide every unit of one stream in a batch, in order, against ``state`` (None: no record)."""
+    """Decide the units of one stream in a batch, in order, against ``state`` (None: no record).
+
+    ``new_generation`` is called only when the stream starts a new generation.
+    """
     zeros = model.zero_state
     held: dict[int, np.ndarray | int] | None
+    # An ended stream's record: the request that ended it, which the first units may retry.
+    ended: StreamState | None = None
+    head = units[0]
+    live = state is not None and state.h is not None and not state.ended
     if state is None:
-        plan = StreamPlan(model, stream, key, units, b"", new_generation, zeros, zeros)
+        plan = StreamPlan(model, stream, key, units, b"", new_generation(), zeros, zeros)
         last, held = 0, {}
-    elif state.h is None or state.c is None:  # written by another model version
-        if on_version_mismatch == "refuse":
-            error = ModelVersionMismatch(
-                f"stream {stream!r} holds state of model version {state.model_version}, "
-                f"but {model.name} is now version {model.version}; end the stream "
-                "(DELETE) to start it afresh, or run the service with "
-                "--on-version-mismatch reset",
-                stream_version=state.model_version,
-                model_version=model.version,
-            )
+    elif not live or (head.start and not _repeats([r.seq for r in head.readings], state)):
+        mismatch = not live and not state.ended  # a record of another model version
+        if mismatch and not head.start and on_version_mismatch == "refuse":
             plan = StreamPlan(
                 model, stream, key, units, state.guard, state.generation, zeros, zeros
             )
-            plan.outcomes = [error for _ in units]
+            plan.outcomes = [_version_mismatch(model, stream, state) for _ in units]
             return plan
-        generation = max(new_generation, state.generation + 1)
+        ended = state if state.ended else None
+        generation = max(new_generation(), state.generation + 1)
         plan = StreamPlan(model, stream, key, units, state.guard, generation, zeros, zeros)
         last, held = 0, {}
     else:
+        # A live stream; a first unit with ``start`` that repeats its last request is a retry.
+        assert state.h is not None and state.c is not None
         plan = StreamPlan(
             model, stream, key, units, state.guard, state.generation, state.h, state.c
         )
         last = state.seq
         held = None  # the record's held results, decoded only if a unit asks for old seqs
 
-    for unit in units:
+    for index, unit in enumerate(units):
         seqs = [r.seq for r in unit.readings]
+        if ended is not None:
+            if _repeats(seqs, ended):
+                plan.outcomes.append(Duplicate([(s, ended.results[s]) for s in _ints(seqs)]))
+                continue
+            ended = None  # anything else starts the new generation
+        elif unit.start and index > 0:
+            if held is not None and _repeats_held(seqs, last, held):
+                plan.outcomes.append(Duplicate([(s, held[s]) for s in _ints(seqs)]))
+                continue
+            plan.units, plan.deferred = units[:index], units[index:]
+            break
         if seqs[0] is None:
             if last + len(seqs) > SEQ_MAX:
                 plan.outcomes.append(_exhausted(stream, last))
@@ -184,7 +210,39 @@ def plan_stream(
         plan.last_applied = applied
         last = assigned[-1]
         held = {seq: first + k for k, seq in enumerate(assigned)}
+        if unit.end:
+            plan.ends = True
+            plan.units, plan.deferred = units[: index + 1], units[index + 1 :]
+            break
     return plan
+
+
+def _repeats(seqs: list[int | None], state: StreamState) -> bool:
+    """Whether ``seqs`` are exactly the seqs of the record's last request (a retry of it)."""
+    if seqs[0] is None:
+        return False
+    stored = state.held["seq"].tolist()
+    return bool(stored) and seqs == stored and stored[-1] == state.seq
+
+
+def _repeats_held(seqs: list[int | None], last: int, held: dict[int, np.ndarray | int]) -> bool:
+    """Whether ``seqs`` are exactly those of the last unit applied earlier in this batch."""
+    return seqs[0] is not None and seqs[-1] == last and list(held) == seqs
+
+
+def _ints(seqs: list[int | None]) -> list[int]:
+    return [s for s in seqs if s is not None]
+
+
+def _version_mismatch(model: ServedModel, stream: str, state: StreamState) -> ServiceError:
+    return ModelVersionMismatch(
+        f"stream {stream!r} holds state of model version {state.model_version}, "
+        f"but {model.name} is now version {model.version}; end the stream "
+        "(DELETE) to start it afresh, or run the service with "
+        "--on-version-mismatch reset",
+        stream_version=state.model_version,
+        model_version=model.version,
+    )
 
 
 def _exhausted(stream: str, last: int) -> StaleSeq:

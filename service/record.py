@@ -13,6 +13,10 @@ costs one allocation of about 1.1 KiB::
     ..      S     c               float32 [layers, hidden]
     ..      n*(8+4*O)  results    (seq u64, prediction float32[O]) per reading
 
+A stream ended by its last request (the v2 ``sequence_end`` flag) keeps a record with no state
+(``state_nbytes`` 0): it holds that request's results, so that a retry of it is still answered as
+a duplicate, while the next new reading starts a new generation from zero state.
+
 The commit script compares the guard and the first 24 bytes (``state_store.COMMIT_SCRIPT``).
 """
 
@@ -43,6 +47,7 @@ class StreamState(NamedTuple):
     h: np.ndarray | None
     c: np.ndarray | None
     held: np.ndarray  # (seq, prediction [O]) of the last applied request, as stored
+    ended: bool = False  # the stream was ended after its last request: no state is held
 
     @property
     def results(self) -> dict[int, np.ndarray]:
@@ -59,6 +64,22 @@ class StreamState(NamedTuple):
         stored_version = raw[at : at + vlen].decode("ascii")
         at += vlen
         dtype = _results_dtype(outputs)
+        if nbytes == 0:  # ended: only the last request's results (of this version, if it is)
+            if stored_version == version:
+                held = np.frombuffer(raw, dtype, n_results, at)
+            else:
+                held = np.empty(0, dtype)
+            return cls(
+                raw[:GUARD_BYTES],
+                generation,
+                seq,
+                updated_at,
+                stored_version,
+                None,
+                None,
+                held,
+                ended=True,
+            )
         if stored_version != version or nbytes != state_shape[0] * state_shape[1] * 4:
             return cls(
                 raw[:GUARD_BYTES],

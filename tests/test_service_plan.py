@@ -64,7 +64,7 @@ def test_a_record_of_another_version_keeps_only_its_header(model: ServedModel) -
 
 def test_a_new_stream_starts_at_zero_state_with_seq_one(model: ServedModel) -> None:
     plan = plan_stream(
-        model, "s", "k", [unit(model, None), unit(model, None, None)], None, "refuse", 99
+        model, "s", "k", [unit(model, None), unit(model, None, None)], None, "refuse", lambda: 99
     )
     assert plan.expected_guard == b"" and plan.generation == 99
     assert not plan.h0.any() and not plan.c0.any()
@@ -74,7 +74,9 @@ def test_a_new_stream_starts_at_zero_state_with_seq_one(model: ServedModel) -> N
 
 def test_seqs_continue_from_the_record_and_gaps_are_allowed(model: ServedModel) -> None:
     state = record(model, 5, 10, [10])
-    plan = plan_stream(model, "s", "k", [unit(model, 15), unit(model, None)], state, "refuse", 99)
+    plan = plan_stream(
+        model, "s", "k", [unit(model, 15), unit(model, None)], state, "refuse", lambda: 99
+    )
     assert plan.expected_guard == state.guard and plan.generation == 5
     assert [r.seq for r in plan.steps] == [15, 16]
     assert state.h is not None and np.array_equal(plan.h0, state.h)
@@ -89,7 +91,7 @@ def test_retries_are_duplicates_and_other_old_seqs_are_stale(model: ServedModel)
         unit(model, 10, 11),
         unit(model, 11),
     ]
-    plan = plan_stream(model, "s", "k", units, state, "refuse", 99)
+    plan = plan_stream(model, "s", "k", units, state, "refuse", lambda: 99)
     dup, part, old, mixed, new = plan.outcomes
     assert isinstance(dup, Duplicate) and [s for s, _ in dup.held] == [9, 10]
     assert isinstance(part, Duplicate) and [s for s, _ in part.held] == [10]
@@ -99,7 +101,9 @@ def test_retries_are_duplicates_and_other_old_seqs_are_stale(model: ServedModel)
 
 
 def test_a_retry_of_a_reading_applied_earlier_in_the_same_batch(model: ServedModel) -> None:
-    plan = plan_stream(model, "s", "k", [unit(model, 1), unit(model, 1)], None, "refuse", 99)
+    plan = plan_stream(
+        model, "s", "k", [unit(model, 1), unit(model, 1)], None, "refuse", lambda: 99
+    )
     first, retry = plan.outcomes
     assert first == Applied(0, 1)
     assert isinstance(retry, Duplicate) and retry.held == [(1, 0)]  # index of the step it reuses
@@ -107,9 +111,9 @@ def test_a_retry_of_a_reading_applied_earlier_in_the_same_batch(model: ServedMod
 
 def test_another_versions_state_is_refused_or_reset(model: ServedModel) -> None:
     state = record(model, 5, 10, [10], version="0123456789abcdef")
-    refused = plan_stream(model, "s", "k", [unit(model, None)], state, "refuse", 99)
+    refused = plan_stream(model, "s", "k", [unit(model, None)], state, "refuse", lambda: 99)
     assert isinstance(refused.outcomes[0], ModelVersionMismatch) and not refused.needs_write
-    reset = plan_stream(model, "s", "k", [unit(model, None)], state, "reset", 3)
+    reset = plan_stream(model, "s", "k", [unit(model, None)], state, "reset", lambda: 3)
     assert reset.generation == 6  # after the old generation even when the clock says otherwise
     assert reset.expected_guard == state.guard and [r.seq for r in reset.steps] == [1]
     assert not reset.h0.any()

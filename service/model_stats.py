@@ -1,0 +1,208 @@
+"""Per-model request statistics, kept as Prometheus counters and read back as Triton's statistics
+JSON (``GET /v2/models/{m}/stats``).
+
+They are Prometheus counters rather than numbers in memory so that with several workers every
+worker records into the shared per-process files and one scrape (or one stats request, whichever
+worker answers it) sums them all.
+
+Triton's meaning is kept: a request (one stream's readings from one request) counts once in
+``success`` or ``fail`` with its time from queueing to answer; ``queue`` is its wait for a batch;
+``compute_input`` (reading state, planning), ``compute_infer`` (onnxruntime) and
+``compute_output`` (writing state and events, answering) are its batch's phases, each counted once
+for every request in the batch, as Triton counts a batched execution once per request in it.
+``execution_count`` counts model calls (a batch makes one per model and length bucket), and
+``batch_stats`` breaks them down by the number of streams in the call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics_core import Metric
+
+__all__ = ["PHASES", "ModelStats", "Tally", "triton_statistics"]
+
+PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+_BATCH_PHASES = ("compute_input", "compute_infer", "compute_output")
+
+
+@dataclass(slots=True)
+class Tally:
+    """One model's share of one batch, recorded in one go when the batch is done."""
+
+    units: int = 0  # requests the batch took (each pays its compute_input)
+    queued: int = 0
+    queue_s: float = 0.0
+    success: int = 0
+    success_s: float = 0.0
+    fail: int = 0
+    fail_s: float = 0.0
+    inferred: int = 0  # requests whose streams ran through the model
+    infer_s: float = 0.0  # summed per request
+    executions: list[tuple[int, float]] = field(default_factory=list)  # (streams, seconds)
+
+
+class ModelStats:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "lstm_model_requests_total",
+            "Requests answered, by model and outcome: success (applied, or a retry answered "
+            "from stored results) or fail (any error after queueing); one request's readings "
+            "of one stream count once",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self.request_seconds = Counter(
+            "lstm_model_request_seconds_total",
+            "Time from queueing to answer, summed over the requests of lstm_model_requests_total",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self.phase_requests = Counter(
+            "lstm_model_phase_requests_total",
+            "Requests that went through each phase: queue (waiting for a batch), compute_input "
+            "(reading state, planning), compute_infer (onnxruntime), compute_output (writing "
+            "state and events, answering)",
+            ["model", "phase"],
+            registry=registry,
+        )
+        self.phase_seconds = Counter(
+            "lstm_model_phase_seconds_total",
+            "Time in each phase, summed per request: a batch's phase counts once for each "
+            "request in the batch",
+            ["model", "phase"],
+            registry=registry,
+        )
+        self.executions = Counter(
+            "lstm_model_executions_total",
+            "Model calls by model and batch size (streams in the call)",
+            ["model", "batch_size"],
+            registry=registry,
+        )
+        self.execution_seconds = Counter(
+            "lstm_model_execution_seconds_total",
+            "Time per phase of the batches that made the model calls, by model and batch size",
+            ["model", "batch_size", "phase"],
+            registry=registry,
+        )
+        self.last_inference = Gauge(
+            "lstm_model_last_inference_timestamp_seconds",
+            "When a request of the model was last answered successfully (Unix seconds)",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+
+    def register(self, model: str) -> None:
+        """Create the model's series up front, so that they read 0 rather than missing."""
+        for outcome in ("success", "fail"):
+            self.requests.labels(model, outcome)
+            self.request_seconds.labels(model, outcome)
+        for phase in PHASES:
+            self.phase_requests.labels(model, phase)
+            self.phase_seconds.labels(model, phase)
+
+    def record(self, model: str, tally: Tally, input_s: float, output_s: float) -> None:
+        """Record a batch's tally; ``input_s`` and ``output_s``: the batch's compute_input and
+        compute_output times (the latter for the requests that ran through the model)."""
+        if tally.success:
+            self.requests.labels(model, "success").inc(tally.success)
+            self.request_seconds.labels(model, "success").inc(tally.success_s)
+            self.last_inference.labels(model).set(time.time())
+        if tally.fail:
+            self.requests.labels(model, "fail").inc(tally.fail)
+            self.request_seconds.labels(model, "fail").inc(tally.fail_s)
+        phases = (
+            ("queue", tally.queued, tally.queue_s),
+            ("compute_input", tally.units, tally.units * input_s),
+            ("compute_infer", tally.inferred, tally.infer_s),
+            ("compute_output", tally.inferred, tally.inferred * output_s),
+        )
+        for phase, count, seconds in phases:
+            if count:
+                self.phase_requests.labels(model, phase).inc(count)
+                self.phase_seconds.labels(model, phase).inc(seconds)
+        for size, infer_s in tally.executions:
+            label = str(size)
+            self.executions.labels(model, label).inc()
+            for phase, seconds in zip(_BATCH_PHASES, (input_s, infer_s, output_s), strict=True):
+                self.execution_seconds.labels(model, label, phase).inc(seconds)
+
+
+def _ns(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
+def triton_statistics(
+    families: Iterable[Metric], models: Iterable[str], version: str = "1"
+) -> dict[str, Any]:
+    """Triton's ``/v2/models/stats`` JSON for ``models``, from collected metric families."""
+    values: dict[tuple[str, tuple[str, ...]], float] = {}
+    for family in families:
+        for sample in family.samples:
+            labels = tuple(sorted(sample.labels.items()))
+            values[(sample.name, tuple(f"{k}={v}" for k, v in labels))] = sample.value
+
+    def get(name: str, **labels: str) -> float:
+        key = tuple(f"{k}={v}" for k, v in sorted(labels.items()))
+        return values.get((name, key), 0.0)
+
+    out = []
+    for model in models:
+
+        def pair(count: float, seconds: float) -> dict[str, int]:
+            return {"count": int(count), "ns": _ns(seconds)}
+
+        stats: dict[str, dict[str, int]] = {}
+        for outcome in ("success", "fail"):
+            stats[outcome] = pair(
+                get("lstm_model_requests_total", model=model, outcome=outcome),
+                get("lstm_model_request_seconds_total", model=model, outcome=outcome),
+            )
+        for phase in PHASES:
+            stats[phase] = pair(
+                get("lstm_model_phase_requests_total", model=model, phase=phase),
+                get("lstm_model_phase_seconds_total", model=model, phase=phase),
+            )
+        stats["cache_hit"] = {"count": 0, "ns": 0}  # no response cache
+        stats["cache_miss"] = {"count": 0, "ns": 0}
+        sizes = sorted(
+            {
+                int(dict(key)["batch_size"])
+                for name, key in ((n, [kv.split("=", 1) for kv in k]) for n, k in values)
+                if name == "lstm_model_executions_total" and dict(key).get("model") == model
+            }
+        )
+        executions = 0
+        batch_stats = []
+        for size in sizes:
+            count = get("lstm_model_executions_total", model=model, batch_size=str(size))
+            executions += int(count)
+            entry: dict[str, Any] = {"batch_size": size}
+            for phase in _BATCH_PHASES:
+                seconds = get(
+                    "lstm_model_execution_seconds_total",
+                    model=model,
+                    batch_size=str(size),
+                    phase=phase,
+                )
+                entry[phase] = pair(count, seconds)
+            batch_stats.append(entry)
+        last = get("lstm_model_last_inference_timestamp_seconds", model=model)
+        out.append(
+            {
+                "name": model,
+                "version": version,
+                "last_inference": int(last * 1000),
+                "inference_count": stats["success"]["count"],
+                "execution_count": executions,
+                "inference_stats": stats,
+                "batch_stats": batch_stats,
+                "memory_usage": [],
+            }
+        )
+    return {"model_stats": out}
