@@ -30,6 +30,7 @@ from .openapi import openapi_json
 from .routes_events import add_event_routes
 from .routes_subscriptions import add_subscription_routes
 from .routes_v1 import add_routes, json_response
+from .routes_v2 import V2_PREFIX, add_v2_routes
 from .settings import Settings
 from .state_store import StateStore
 from .wire import error_json
@@ -48,8 +49,9 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 HEADER_FIELD_MAX_BYTES = 64 * 1024
 
 
-def _error_response(error: ServiceError, retry_after_s: int) -> web.Response:
-    response = json_response(error_json(error), status=error.status)
+def _error_response(error: ServiceError, retry_after_s: int, v2: bool) -> web.Response:
+    body = {"error": error.message} if v2 else error_json(error)
+    response = json_response(body, status=error.status)
     if error.retryable:
         response.headers["Retry-After"] = str(retry_after_s)
     return response
@@ -57,13 +59,14 @@ def _error_response(error: ServiceError, retry_after_s: int) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into ``{"error": {"code", "message"}}`` and time every request."""
+    """Turn every error into ``{"error": {"code", "message"}}`` (under /v2, KServe v2's
+    ``{"error": "message"}``) and time every request."""
     start = time.perf_counter()
     settings = request.app[SETTINGS]
     try:
         response = await handler(request)
     except ServiceError as exc:
-        response = _error_response(exc, settings.retry_after_s)
+        response = _error_response(exc, settings.retry_after_s, _is_v2(request))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -74,19 +77,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
         elif exc.status == 404:
             message = f"no such path: {request.path}"
-        response = json_response({"error": {"code": code, "message": message}}, exc.status)
+        error = message if _is_v2(request) else {"code": code, "message": message}
+        response = json_response({"error": error}, exc.status)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        body = {"error": {"code": "internal_error", "message": "internal error; see the logs"}}
-        response = json_response(body, status=500)
+        message = "internal error; see the logs"
+        error = message if _is_v2(request) else {"code": "internal_error", "message": message}
+        response = json_response({"error": error}, status=500)
     route = request.match_info.route.resource
     template = route.canonical if route is not None else "unmatched"
     request.app[METRICS].request_seconds.labels(
         template, request.method, str(response.status)
     ).observe(time.perf_counter() - start)
     return response
+
+
+def _is_v2(request: web.Request) -> bool:
+    path = request.path
+    return path.startswith(V2_PREFIX) and (len(path) == len(V2_PREFIX) or path[3] == "/")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -223,4 +233,5 @@ def create_app(
     add_routes(app)
     add_event_routes(app)
     add_subscription_routes(app)
+    add_v2_routes(app)
     return app

@@ -158,6 +158,8 @@ async def get_stream(request: web.Request) -> web.Response:
     if raw is None:
         raise StreamNotFound(_no_stream(model, stream))
     state = StreamState.decode(raw, model.version, model.state_shape, model.output_size)
+    if state.ended:  # its last request ended it (v2's sequence_end): no state is held
+        raise StreamNotFound(_no_stream(model, stream))
     return json_response(state_json(model, stream, state, pttl, time.time()))
 
 
