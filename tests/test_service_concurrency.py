@@ -164,3 +164,27 @@ def test_ending_a_stream_while_it_is_being_fed_splits_it_into_two_whole_generati
         assert (
             np.abs(np.array([p for _, _, p in steps]) - expected).max() < demo_reference.tolerance
         )
+
+
+def test_a_retry_is_answered_from_redis_not_from_a_process_cached_record(
+    two_services: list[ServiceProcess], stream_id: str
+) -> None:
+    """Process A caches the record it wrote; the stream is then ended and started again through
+    process B up to the same seq. A retry of that seq sent to A must be the new generation's
+    stored answer: A's cached record is stale, and an answer that writes nothing never comes
+    from it."""
+    a, b = two_services
+    path = f"/v1/models/elnino/streams/{stream_id}"
+    first = call("POST", a.url + path + "/readings", {"values": [24.0], "seq": 1})
+    assert first.status == 200
+    assert call("DELETE", b.url + path).status == 204
+    second = call("POST", b.url + path + "/readings", {"values": [30.0], "seq": 1})
+    assert second.status == 200 and second.body["generation"] != first.body["generation"]
+    retry = call("POST", a.url + path + "/readings", {"values": [30.0], "seq": 1})
+    assert retry.status == 200 and retry.body.get("duplicate") is True
+    assert retry.body["generation"] == second.body["generation"]
+    assert retry.body["results"] == second.body["results"]
+    # and a new step through A continues B's generation, not A's cached one
+    step = call("POST", a.url + path + "/readings", {"values": [29.0], "seq": 2})
+    assert step.status == 200 and step.body["generation"] == second.body["generation"]
+    assert call("GET", a.url + path).body["seq"] == 2

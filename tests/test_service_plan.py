@@ -117,3 +117,76 @@ def test_another_versions_state_is_refused_or_reset(model: ServedModel) -> None:
     assert reset.generation == 6  # after the old generation even when the clock says otherwise
     assert reset.expected_guard == state.guard and [r.seq for r in reset.steps] == [1]
     assert not reset.h0.any()
+
+
+# -- the v2 sequence flags: start a new generation, end the stream --------------------------------
+
+
+def flagged(model: ServedModel, *seqs: int | None, start: bool = False, end: bool = False) -> Unit:
+    made = unit(model, *seqs)
+    made.start, made.end = start, end
+    return made
+
+
+def ended_record(model: ServedModel, generation: int, held: list[int]) -> StreamState:
+    """The record a stream keeps once its last request ended it: results, no state."""
+    preds = np.arange(len(held), dtype=np.float32).reshape(-1, 1) + 0.5
+    raw = encode_record(generation, held[-1], 1.0, model.version, b"", b"", held, preds)
+    return StreamState.decode(raw, model.version, model.state_shape, model.output_size)
+
+
+def test_start_begins_a_new_generation_from_zero_over_a_live_stream(model: ServedModel) -> None:
+    state = record(model, 5, 10, [10])
+    plan = plan_stream(
+        model, "s", "k", [flagged(model, None, start=True)], state, "refuse", lambda: 3
+    )
+    assert plan.generation == 6 and plan.expected_guard == state.guard
+    assert not plan.h0.any() and [r.seq for r in plan.steps] == [1]
+
+
+def test_a_resent_start_is_a_retry_not_a_second_start(model: ServedModel) -> None:
+    state = record(model, 5, 2, [1, 2])  # the generation its start request began
+    plan = plan_stream(
+        model, "s", "k", [flagged(model, 1, 2, start=True)], state, "refuse", lambda: 99
+    )
+    assert isinstance(plan.outcomes[0], Duplicate) and not plan.needs_write
+    assert plan.generation == 5
+
+
+def test_a_start_after_steps_in_the_same_batch_waits_for_the_next_one(model: ServedModel) -> None:
+    state = record(model, 5, 10, [10])
+    units = [unit(model, None), flagged(model, None, start=True), unit(model, None)]
+    plan = plan_stream(model, "s", "k", units, state, "refuse", lambda: 99)
+    assert plan.units == units[:1] and plan.deferred == units[1:]
+    assert plan.generation == 5 and [r.seq for r in plan.steps] == [11]
+
+
+def test_end_drops_the_state_and_leaves_later_units_for_the_next_batch(
+    model: ServedModel,
+) -> None:
+    state = record(model, 5, 10, [10])
+    units = [flagged(model, None, end=True), unit(model, None)]
+    plan = plan_stream(model, "s", "k", units, state, "refuse", lambda: 99)
+    assert plan.ends and plan.units == units[:1] and plan.deferred == units[1:]
+    assert plan.outcomes == [Applied(0, 1)]
+
+
+def test_after_an_end_only_its_last_request_is_a_retry(model: ServedModel) -> None:
+    state = ended_record(model, 5, [11, 12])
+    assert state.ended and state.h is None
+    retry = plan_stream(model, "s", "k", [unit(model, 11, 12)], state, "refuse", lambda: 3)
+    assert isinstance(retry.outcomes[0], Duplicate) and not retry.needs_write
+    assert [s for s, _ in retry.outcomes[0].held] == [11, 12]
+    fresh = plan_stream(model, "s", "k", [unit(model, None)], state, "refuse", lambda: 3)
+    assert fresh.generation == 6 and fresh.expected_guard == state.guard
+    assert not fresh.h0.any() and [r.seq for r in fresh.steps] == [1]
+    # an ended record is never refused as another version's state
+    assert not isinstance(fresh.outcomes[0], ModelVersionMismatch)
+
+
+def test_start_is_allowed_over_another_versions_state(model: ServedModel) -> None:
+    state = record(model, 5, 10, [10], version="0123456789abcdef")
+    plan = plan_stream(
+        model, "s", "k", [flagged(model, None, start=True)], state, "refuse", lambda: 3
+    )
+    assert plan.outcomes == [Applied(0, 1)] and plan.generation == 6
