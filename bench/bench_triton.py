@@ -52,9 +52,9 @@ import harness
 from harness import RedisProcess
 
 MODEL = "lstm_seq"  # the name our export is served under (the peer's is --peer-model)
-# Each perf_analyzer run gets sequence ids of its own, [k * ID_SPAN, (k + 1) * ID_SPAN), so no
-# run starts a sequence another run left open on either server; ids below ID_SPAN are for the
-# agreement check.
+# perf_analyzer run k (warm-ups included) gets sequence ids of its own, from (k + 1) * ID_SPAN
+# up, so that no run touches a sequence another run left open on either server; ids below
+# ID_SPAN are the agreement check's.
 ID_SPAN = 1_000_000
 TARGET_THROUGHPUT_RATIO = 1.5  # the service's inferences/s over the peer's
 AGREEMENT_STEPS = 20
