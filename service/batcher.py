@@ -33,6 +33,7 @@ from .model_stats import Tally
 from .plan import Applied, Duplicate, StreamPlan, Unit, UnitResult, plan_stream
 from .record import StreamState, encode_record_packed
 from .settings import Settings
+from .state_cache import StateCache
 from .state_store import LogPolicy, StateStore, Write
 
 __all__ = ["Batcher", "Output"]
@@ -77,6 +78,8 @@ class Batcher:
         self._accepting = True
         self._last_generation = 0
         self._log_policy = LogPolicy(settings.events_max_len, settings.events_max_age_ms)
+        cached = settings.state_cache_streams
+        self._cache = StateCache(cached) if cached else None
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -91,6 +94,11 @@ class Batcher:
                 f"{self._queued_readings} readings are queued (limit "
                 f"{self.settings.queue_max_readings}); retry shortly"
             )
+
+    def forget(self, key: str) -> None:
+        """Drop a stream's cached record (it was deleted): its next batch reads it."""
+        if self._cache is not None:
+            self._cache.drop(key)
 
     def submit(self, units: Sequence[Unit]) -> None:
         """Queue units (all or none); raises Overloaded when the queue would exceed its bound."""
@@ -218,34 +226,28 @@ class Batcher:
                 tally.queue_s += started - unit.enqueued_at
             key = self.store.state_key(name, unit.stream)
             groups.setdefault(key, []).append(unit)
-        keys = list(groups)
-        try:
-            raws = await self.store.load_many(keys)
-        except ServiceError as exc:
-            self._fail(batch, exc, tallies)
-            self._record_stats(tallies, started, None)
-            return
-
+        # Streams whose last record this process wrote are planned from it (state_cache.py);
+        # the others, and any whose plan would answer without writing, are read first.
         plans: list[StreamPlan] = []
-        for key, raw in zip(keys, raws, strict=True):
-            units = groups[key]
-            model = units[0].model
-            state = (
-                None
-                if raw is None
-                else StreamState.decode(raw, model.version, model.state_shape, model.output_size)
-            )
-            plans.append(
-                plan_stream(
-                    model,
-                    units[0].stream,
-                    key,
-                    units,
-                    state,
-                    self.settings.on_version_mismatch,
-                    self._new_generation,
-                )
-            )
+        unread: list[str] = []
+        cache = self._cache
+        for key, units in groups.items():
+            cached = cache.get(key) if cache is not None else None
+            if cached is not None:
+                plan = self._plan(key, units, cached)
+                if all(type(o) is Applied for o in plan.outcomes):
+                    plans.append(plan)
+                    continue
+            unread.append(key)
+        if unread:
+            try:
+                raws = await self.store.load_many(unread)
+            except ServiceError as exc:
+                self._fail(batch, exc, tallies)
+                self._record_stats(tallies, started, None)
+                return
+            for key, raw in zip(unread, raws, strict=True):
+                plans.append(self._plan(key, groups[key], raw))
 
         # A stream with nothing to write (only retries, stale seqs or refusals) is answered from
         # the state just read; its answer does not wait for the other streams' write.
@@ -274,16 +276,25 @@ class Batcher:
                 writes, self.settings.state_ttl_ms, self._log_policy, now_ms
             )
         except ServiceError as exc:
+            if cache is not None:
+                for plan in writing:  # whether the write landed is unknown
+                    cache.drop(plan.key)
             self._fail([u for p in writing for u in p.units], exc, tallies)
             self._requeue(deferred + [u for p in writing for u in p.deferred], contended=False)
             self._record_stats(tallies, started, (inferring, inferred))
             return
 
-        for plan, outcome in zip(writing, written, strict=True):
+        for plan, write, outcome in zip(writing, writes, written, strict=True):
+            if outcome is True:
+                if cache is not None:
+                    cache.put(plan.key, write.record)
+                self._answer(plan, outputs[id(plan)].y, counts, tallies)
+                deferred.extend(plan.deferred)
+                continue
+            if cache is not None:
+                cache.drop(plan.key)
             if isinstance(outcome, ServiceError):  # that stream's Redis node failed
                 self._fail(plan.units, outcome, tallies)
-            elif outcome is True:
-                self._answer(plan, outputs[id(plan)].y, counts, tallies)
             else:
                 if outcome is not False:
                     # A new generation that does not sort after the stream's event log (another
@@ -296,6 +307,23 @@ class Batcher:
         self._requeue(deferred, contended=False)
         self._requeue(conflicts)
         self._record_stats(tallies, started, (inferring, inferred))
+
+    def _plan(self, key: str, units: list[Unit], raw: bytes | None) -> StreamPlan:
+        model = units[0].model
+        state = (
+            None
+            if raw is None
+            else StreamState.decode(raw, model.version, model.state_shape, model.output_size)
+        )
+        return plan_stream(
+            model,
+            units[0].stream,
+            key,
+            units,
+            state,
+            self.settings.on_version_mismatch,
+            self._new_generation,
+        )
 
     def _record_stats(
         self, tallies: dict[str, Tally], started: float, inference: tuple[float, float] | None

@@ -167,7 +167,9 @@ async def delete_stream(request: web.Request) -> web.Response:
     model = model_for(request)
     stream = check_stream_id(request.match_info["stream"])
     store = request.app[STORE]
-    if not await store.delete(store.state_key(model.name, stream)):
+    key = store.state_key(model.name, stream)
+    request.app[BATCHER].forget(key)  # a write from the cache would fail its guard anyway
+    if not await store.delete(key):
         raise StreamNotFound(_no_stream(model, stream))
     return web.Response(status=204)
 

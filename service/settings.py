@@ -39,6 +39,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
 def _request_limit(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:  # a stream's record holds the last request's results, counted in 16 bits
@@ -217,6 +224,16 @@ OPTIONS: tuple[Option, ...] = (
         "N",
     ),
     Option(
+        "state_cache_streams",
+        "--state-cache-streams",
+        "LSTM_STATE_CACHE_STREAMS",
+        "10000",
+        _non_negative_int,
+        "streams whose last written state each process keeps, so that their next batch skips "
+        "reading it from Redis (the write's compare-and-set still checks it); 0: off",
+        "N",
+    ),
+    Option(
         "request_max_readings",
         "--request-max-readings",
         "LSTM_REQUEST_MAX_READINGS",
@@ -392,6 +409,7 @@ class Settings:
     on_version_mismatch: str = "refuse"
     batch_max_readings: int = 1024
     queue_max_readings: int = 16384
+    state_cache_streams: int = 10000
     request_max_readings: int = 2000
     body_max_bytes: int = 1048576
     retry_after_s: int = 1
