@@ -237,9 +237,39 @@ def metric_total(base: str, name: str, labels: str = "") -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def metric_samples(base: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of ``name`` in the service's /metrics with its labels (label order differs
+    between one process and the summed output of several, so they are parsed, not matched)."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    samples: list[tuple[dict[str, str], float]] = []
+    for labels, value in re.findall(rf"^{re.escape(name)}(?:{{(.*)}})? (\S+)$", text, re.M):
+        samples.append((dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels)), float(value)))
+    return samples
+
+
 def applied_steps(base: str) -> int:
     return int(metric_total(base, "lstm_readings_total", '{outcome="applied"}'))
 
 
 def service_argv(workers: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "service", "--workers", str(workers), *extra]
+
+
+def markdown_table(rows: Sequence[dict[str, object]]) -> str:
+    """``rows`` (all with the keys of the first, in its order) as a Markdown table, numbers with
+    thousands separators, so that a run's output pastes into bench/README.md as it is."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, int):
+            return f"{value:,}"
+        if isinstance(value, float):
+            return f"{value:,.2f}" if abs(value) < 1000 else f"{value:,.0f}"
+        return str(value)
+
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "| " + " | ".join("---" for _ in keys) + " |"]
+    lines += ["| " + " | ".join(cell(row[k]) for k in keys) + " |" for row in rows]
+    return "\n".join(lines)
