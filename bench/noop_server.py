@@ -44,6 +44,69 @@ async def bulk(request: web.Request) -> web.Response:
     return web.Response(body=jsonio.dumps(body), content_type="application/json")
 
 
+# KServe v2, for perf_analyzer (bench_triton.py): a batching sequence model with one FP32 input
+# and output of width 1, and an inference answer of the right shape, binary as perf_analyzer asks.
+_V2_CONFIG = {
+    "name": "noop",
+    "platform": "onnxruntime_onnx",
+    "max_batch_size": 1024,
+    "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 1]}],
+    "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [-1, 1]}],
+    "sequence_batching": {"oldest": {"max_queue_delay_microseconds": 0}},
+}
+
+
+async def v2_config(request: web.Request) -> web.Response:
+    config = dict(_V2_CONFIG, name=request.match_info["model"])
+    return web.Response(body=jsonio.dumps(config), content_type="application/json")
+
+
+async def v2_metadata(request: web.Request) -> web.Response:
+    tensor = {"datatype": "FP32", "shape": [-1, -1, 1]}
+    body = {
+        "name": request.match_info["model"],
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [dict(tensor, name="x")],
+        "outputs": [dict(tensor, name="y")],
+    }
+    return web.Response(body=jsonio.dumps(body), content_type="application/json")
+
+
+async def v2_server(request: web.Request) -> web.Response:
+    body = b'{"name":"noop","version":"0","extensions":["sequence","binary_tensor_data"]}'
+    return web.Response(body=body, content_type="application/json")
+
+
+async def v2_stats(request: web.Request) -> web.Response:
+    return web.Response(body=b'{"model_stats":[]}', content_type="application/json")
+
+
+async def v2_infer(request: web.Request) -> web.Response:
+    raw = await request.read()
+    length = request.headers.get("Inference-Header-Content-Length")
+    head = jsonio.loads(raw[: int(length)] if length else raw)
+    steps = head["inputs"][0]["shape"][1]
+    answer = {
+        "model_name": request.match_info["model"],
+        "model_version": "1",
+        "outputs": [
+            {
+                "name": "y",
+                "datatype": "FP32",
+                "shape": [1, steps, 1],
+                "parameters": {"binary_data_size": 4 * steps},
+            }
+        ],
+    }
+    if "id" in head:
+        answer["id"] = head["id"]
+    body = jsonio.dumps(answer)
+    response = web.Response(body=body + bytes(4 * steps), content_type="application/octet-stream")
+    response.headers["Inference-Header-Content-Length"] = str(len(body))
+    return response
+
+
 async def ready(request: web.Request) -> web.Response:
     return web.Response(body=b'{"status":"ready"}', content_type="application/json")
 
@@ -54,6 +117,13 @@ async def _serve(port: int, reuse_port: bool) -> None:
         app.router.add_post(prefix + "/streams/{stream}/readings", one_stream)
         app.router.add_post(prefix + "/readings", bulk)
     app.router.add_get("/readyz", ready)
+    app.router.add_get("/v2", v2_server)
+    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        app.router.add_post(base + "/infer", v2_infer)
+        app.router.add_get(base, v2_metadata)
+        app.router.add_get(base + "/config", v2_config)
+        app.router.add_get(base + "/stats", v2_stats)
+        app.router.add_get(base + "/ready", ready)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, reuse_port=reuse_port or None).start()

@@ -88,9 +88,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = json_response({"error": error}, status=500)
     route = request.match_info.route.resource
     template = route.canonical if route is not None else "unmatched"
-    request.app[METRICS].request_seconds.labels(
-        template, request.method, str(response.status)
-    ).observe(time.perf_counter() - start)
+    request.app[METRICS].observe_request(
+        template, request.method, response.status, time.perf_counter() - start
+    )
     return response
 
 

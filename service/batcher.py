@@ -60,7 +60,7 @@ _INFER_IN_EXECUTOR = os.environ.get("LSTM_BENCH_INFER") == "executor"
 
 # Batches that may run at once (over disjoint streams): two keep the process busy while one waits
 # for Redis; more only queue behind the same Redis connection pool and CPU.
-MAX_BATCHES_IN_FLIGHT = 2
+MAX_BATCHES_IN_FLIGHT = int(os.environ.get("LSTM_BENCH_BATCHES_IN_FLIGHT", "2"))
 
 # A stream that keeps losing compare-and-set races this many times is answered 503 rather than
 # retried forever (it would take a writer advancing the stream between every read and write).

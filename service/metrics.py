@@ -157,12 +157,24 @@ class Metrics:
             registry=r,
         )
         self.model_stats = ModelStats(r)
+        self._request_series: dict[tuple[str, str, int], Histogram] = {}
         for reason in ("too_slow", "shutdown"):
             self.subscribers_closed.labels(reason)
         for transport in SUBSCRIBER_TRANSPORTS:
             self.subscribers.labels(transport)
         for outcome in READING_OUTCOMES:
             self.readings.labels(outcome)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """``request_seconds`` for one request; the labelled series are looked up once each
+        (``labels()`` validates and locks on every call, a few µs per request)."""
+        key = (route, method, status)
+        child = self._request_series.get(key)
+        if child is None:
+            child = self._request_series[key] = self.request_seconds.labels(
+                route, method, str(status)
+            )
+        child.observe(seconds)
 
     def _scrape_registry(self) -> CollectorRegistry:
         """This process's registry, or one that reads every process's files anew."""

@@ -96,41 +96,81 @@ class ModelStats:
             registry=registry,
             multiprocess_mode="max",
         )
+        self._series: dict[str, _Series] = {}
+        self._batches: dict[tuple[str, int], tuple[Counter, list[Counter]]] = {}
 
     def register(self, model: str) -> None:
-        """Create the model's series up front, so that they read 0 rather than missing."""
-        for outcome in ("success", "fail"):
-            self.requests.labels(model, outcome)
-            self.request_seconds.labels(model, outcome)
-        for phase in PHASES:
-            self.phase_requests.labels(model, phase)
-            self.phase_seconds.labels(model, phase)
+        """Create the model's series up front, so that they read 0 rather than missing, and
+        keep them: ``labels()`` validates and locks on every call, and a batch updates a dozen."""
+        self._series[model] = _Series(
+            success=(
+                self.requests.labels(model, "success"),
+                self.request_seconds.labels(model, "success"),
+            ),
+            fail=(self.requests.labels(model, "fail"), self.request_seconds.labels(model, "fail")),
+            phases={
+                phase: (
+                    self.phase_requests.labels(model, phase),
+                    self.phase_seconds.labels(model, phase),
+                )
+                for phase in PHASES
+            },
+            last_inference=self.last_inference.labels(model),
+        )
+
+    def _batch_series(self, model: str, size: int) -> tuple[Counter, list[Counter]]:
+        key = (model, size)
+        series = self._batches.get(key)
+        if series is None:
+            label = str(size)
+            series = self._batches[key] = (
+                self.executions.labels(model, label),
+                [self.execution_seconds.labels(model, label, p) for p in _BATCH_PHASES],
+            )
+        return series
 
     def record(self, model: str, tally: Tally, input_s: float, output_s: float) -> None:
         """Record a batch's tally; ``input_s`` and ``output_s``: the batch's compute_input and
         compute_output times (the latter for the requests that ran through the model)."""
+        series = self._series.get(model)
+        if series is None:
+            self.register(model)
+            series = self._series[model]
         if tally.success:
-            self.requests.labels(model, "success").inc(tally.success)
-            self.request_seconds.labels(model, "success").inc(tally.success_s)
-            self.last_inference.labels(model).set(time.time())
+            count, seconds = series.success
+            count.inc(tally.success)
+            seconds.inc(tally.success_s)
+            series.last_inference.set(time.time())
         if tally.fail:
-            self.requests.labels(model, "fail").inc(tally.fail)
-            self.request_seconds.labels(model, "fail").inc(tally.fail_s)
-        phases = (
+            count, seconds = series.fail
+            count.inc(tally.fail)
+            seconds.inc(tally.fail_s)
+        phases = series.phases
+        for phase, n, total in (
             ("queue", tally.queued, tally.queue_s),
             ("compute_input", tally.units, tally.units * input_s),
             ("compute_infer", tally.inferred, tally.infer_s),
             ("compute_output", tally.inferred, tally.inferred * output_s),
-        )
-        for phase, count, seconds in phases:
-            if count:
-                self.phase_requests.labels(model, phase).inc(count)
-                self.phase_seconds.labels(model, phase).inc(seconds)
+        ):
+            if n:
+                count, seconds = phases[phase]
+                count.inc(n)
+                seconds.inc(total)
         for size, infer_s in tally.executions:
-            label = str(size)
-            self.executions.labels(model, label).inc()
-            for phase, seconds in zip(_BATCH_PHASES, (input_s, infer_s, output_s), strict=True):
-                self.execution_seconds.labels(model, label, phase).inc(seconds)
+            executions, phase_seconds = self._batch_series(model, size)
+            executions.inc()
+            for counter, value in zip(phase_seconds, (input_s, infer_s, output_s), strict=True):
+                counter.inc(value)
+
+
+@dataclass(slots=True)
+class _Series:
+    """One model's labelled series."""
+
+    success: tuple[Counter, Counter]  # requests, seconds
+    fail: tuple[Counter, Counter]
+    phases: dict[str, tuple[Counter, Counter]]
+    last_inference: Gauge
 
 
 def _ns(seconds: float) -> int:

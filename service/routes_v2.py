@@ -205,15 +205,18 @@ async def infer(request: web.Request) -> web.Response:
 
 def add_v2_routes(app: web.Application) -> None:
     router = app.router
+    bases = (V2_PREFIX + "/models/{model}", V2_PREFIX + "/models/{model}/versions/{version}")
+    # aiohttp tries the routes under /v2/models in the order they were added: inference first.
+    for base in reversed(bases):
+        router.add_post(base + "/infer", infer)
     router.add_get(V2_PREFIX, server_metadata)
     router.add_get(V2_PREFIX + "/health/live", live)
     router.add_get(V2_PREFIX + "/health/ready", ready)
     router.add_post(V2_PREFIX + "/repository/index", repository_index)
     # before /v2/models/{model}, which would otherwise take "stats" for a model name
     router.add_get(V2_PREFIX + "/models/stats", model_stats)
-    for base in (V2_PREFIX + "/models/{model}", V2_PREFIX + "/models/{model}/versions/{version}"):
+    for base in bases:
         router.add_get(base, model_metadata)
         router.add_get(base + "/ready", model_ready)
         router.add_get(base + "/config", model_config)
         router.add_get(base + "/stats", model_stats)
-        router.add_post(base + "/infer", infer)

@@ -13,9 +13,9 @@ v2's terms; a violation raises the matching ``ServiceError``.
 from __future__ import annotations
 
 import math
+import struct
+from collections.abc import Sequence
 from typing import Any, NamedTuple
-
-import numpy as np
 
 from . import jsonio
 from .errors import InvalidRequest, InvalidStreamId, InvalidValues, PayloadTooLarge
@@ -37,7 +37,6 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT, OUTPUT = "x", "y"
 SEQUENCE_ID_MAX = 2**64 - 1  # Triton's correlation ids are uint64
 _FLOAT32_MAX = 3.4e38
-_FP32 = np.dtype("<f4")
 
 
 class V2Request(NamedTuple):
@@ -135,15 +134,14 @@ def parse_infer(
     end = _flag(parameters, "sequence_end")
     binary_output = _flag(parameters, "binary_data_output")
 
-    values = _input_values(data.get("inputs"), binary, model, max_steps)
-    steps = values.shape[0]
+    rows = _input_rows(data.get("inputs"), binary, model, max_steps)
+    steps = len(rows)
     seq = parameters.get("seq")
     if seq is not None and (type(seq) is not int or not 1 <= seq <= SEQ_MAX - steps + 1):
         raise InvalidRequest(
             f"parameters.seq must be a whole number from 1 to {SEQ_MAX} (the request's first "
             f"step; its {steps} step(s) take seq .. seq+{steps - 1}), not {seq!r}"
         )
-    rows: list[list[float]] = values.tolist()
     if seq is None:
         readings = [Reading(row, None) for row in rows]
     else:
@@ -152,8 +150,10 @@ def parse_infer(
     return V2Request(stream, sequence_id, readings, start, end, binary_output, request_id)
 
 
-def _input_values(inputs: object, binary: bytes, model: ServedModel, max_steps: int) -> np.ndarray:
-    """The steps of ``x`` as float64 ``[T, input_size]`` (float64 holds every FP32 and JSON
+def _input_rows(
+    inputs: object, binary: bytes, model: ServedModel, max_steps: int
+) -> list[list[float]]:
+    """The steps of ``x``, ``input_size`` numbers each (Python floats hold every FP32 and JSON
     number exactly as sent)."""
     if type(inputs) is not list or not inputs:
         raise InvalidRequest(
@@ -218,11 +218,11 @@ def _input_values(inputs: object, binary: bytes, model: ServedModel, max_steps: 
                 f"input '{INPUT}' announces {size} bytes of binary data, and the body has "
                 f"{len(binary)} after its JSON part ({HEADER_LENGTH})"
             )
-        values = np.frombuffer(binary, _FP32).astype(np.float64)
-        if not np.isfinite(values).all():
-            bad = float(values[~np.isfinite(values)][0])
+        values = struct.unpack(f"<{count}f", binary)
+        if not all(map(math.isfinite, values)):
+            bad = next(v for v in values if not math.isfinite(v))
             raise InvalidValues(f"input '{INPUT}' holds {bad}, not a finite number")
-        return values.reshape(steps, n_in)
+        return _rows(values, n_in)
     if binary:
         raise InvalidRequest(
             f"the body has {len(binary)} bytes of binary data after its JSON part, and no "
@@ -236,7 +236,13 @@ def _input_values(inputs: object, binary: bytes, model: ServedModel, max_steps: 
         raise InvalidValues(
             f"input '{INPUT}' has {len(flat)} value(s); shape {shape} holds {count}"
         )
-    return np.array(flat, np.float64).reshape(steps, n_in)
+    return _rows(flat, n_in)
+
+
+def _rows(values: Sequence[float], width: int) -> list[list[float]]:
+    if width == 1:
+        return [[v] for v in values]
+    return [list(values[k : k + width]) for k in range(0, len(values), width)]
 
 
 def _flatten(data: object) -> list[float]:
@@ -297,7 +303,8 @@ def infer_response(
     }
     tail = b""
     if request.binary_output:
-        tail = np.array(predictions, _FP32).tobytes()
+        flat = [v for row in predictions for v in row]
+        tail = struct.pack(f"<{len(flat)}f", *flat)
         output["parameters"] = {"binary_data_size": len(tail)}
     else:
         output["data"] = [v for row in predictions for v in row]
