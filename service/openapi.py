@@ -22,10 +22,13 @@ from aiohttp import web
 
 from .app_keys import MODELS, SETTINGS
 from .model import ServedModel
+from .model_stats import PHASES
 from .plan import SEQ_MAX
 from .routes_v1 import json_response
+from .routes_v2 import EXTENSIONS, V2_PREFIX, VERSION
 from .settings import Settings
 from .wire import STREAM_ID
+from .wire_v2 import HEADER_LENGTH, INPUT, OUTPUT, SEQUENCE_ID_MAX
 
 __all__ = ["openapi_document", "openapi_json"]
 
@@ -74,13 +77,16 @@ def _json(schema: Schema, description: str) -> Schema:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _agreed(models: dict[str, ServedModel], attr: str) -> int | None:
+    """A per-model size, when every served model has the same."""
+    sizes = {getattr(m, attr) for m in models.values()}
+    return next(iter(sizes)) if len(sizes) == 1 else None
+
+
 def _sizes(models: dict[str, ServedModel], attr: str) -> Schema:
     """``minItems``/``maxItems`` for a per-model length, when every served model agrees."""
-    sizes = {getattr(m, attr) for m in models.values()}
-    if len(sizes) == 1:
-        (n,) = sizes
-        return {"minItems": n, "maxItems": n}
-    return {}
+    n = _agreed(models, attr)
+    return {} if n is None else {"minItems": n, "maxItems": n}
 
 
 def _schemas(settings: Settings, models: dict[str, ServedModel]) -> dict[str, Schema]:
@@ -319,7 +325,416 @@ def _schemas(settings: Settings, models: dict[str, ServedModel]) -> dict[str, Sc
             ["error"],
             {"error": {"allOf": [_ref("ErrorDetail")], "properties": {"code": {"enum": codes}}}},
         )
+    schemas.update(_v2_schemas(settings, models))
     return schemas
+
+
+def _dims(fixed: list[int], size: int | None, attr: str, meaning: str) -> Schema:
+    """A tensor shape ``fixed + [size]``: a constant when ``size`` is known."""
+    description = f"[{', '.join(map(str, fixed))}, {attr}]: {meaning}."
+    if size is not None:
+        return {"const": [*fixed, size], "description": description}
+    return {
+        "type": "array",
+        "items": {"type": "integer", "minimum": -1},
+        "minItems": len(fixed) + 1,
+        "maxItems": len(fixed) + 1,
+        "description": description,
+    }
+
+
+# Triton's required fields of a model configuration and of a model's statistics.
+_CONFIG_REQUIRED = (
+    "name", "platform", "backend", "max_batch_size", "input", "output", "sequence_batching",
+    "instance_group", "version_policy",
+)  # fmt: skip
+_MODEL_STATS_REQUIRED = (
+    "name", "version", "last_inference", "inference_count", "execution_count", "inference_stats",
+    "batch_stats",
+)  # fmt: skip
+_INFERENCE_STATS = ("success", "fail", *PHASES, "cache_hit", "cache_miss")
+_BATCH_STATS = ("compute_input", "compute_infer", "compute_output")
+
+
+def _v2_schemas(settings: Settings, models: dict[str, ServedModel]) -> dict[str, Schema]:
+    """The schemas of the KServe v2 routes (Triton's JSON where the service speaks Triton's
+    extensions: open objects there, since Triton's own format may carry more fields)."""
+    max_steps = settings.request_max_readings
+    n_in, n_out = _agreed(models, "input_size"), _agreed(models, "output_size")
+    steps: Schema = {"type": "integer", "minimum": 1, "maximum": max_steps}
+    width: Schema = {"type": "integer", "minimum": 1} if n_in is None else {"const": n_in}
+
+    def tensor_metadata(name: str, size: int | None, attr: str) -> Schema:
+        return _record(
+            {
+                "name": {"const": name},
+                "datatype": {"const": "FP32"},
+                "shape": _dims([-1, -1], size, attr, "any number of sequences and steps"),
+            }
+        )
+
+    def config_tensor(name: str, size: int | None, attr: str) -> Schema:
+        return _obj(
+            ["name", "data_type", "dims"],
+            {
+                "name": {"const": name},
+                "data_type": {"const": "TYPE_FP32"},
+                "dims": _dims([-1], size, attr, "per sequence, any number of steps"),
+            },
+            closed=False,
+        )
+
+    def infer_response(output: Schema) -> Schema:
+        return _obj(
+            ["model_name", "model_version", "parameters", "outputs"],
+            {
+                "model_name": {"type": "string"},
+                "model_version": {"const": VERSION},
+                "id": {"type": "string", "description": "The request's id, when it had one."},
+                "parameters": _ref("V2InferResponseParameters"),
+                "outputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": output},
+            },
+        )
+
+    output_fields: dict[str, Schema] = {
+        "name": {"const": OUTPUT},
+        "datatype": {"const": "FP32"},
+        # Not spelled with prefixItems as the request's shape is: schemathesis (4.32) rewrites
+        # prefixItems in response schemas into a form its 2020-12 validator refuses.
+        "shape": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1},
+            "minItems": 3,
+            "maxItems": 3,
+            "description": "[1, T, output_size]: the request's T steps.",
+        },
+    }
+    return {
+        "V2Error": _record(
+            {"error": {"type": "string", "description": "What went wrong and what to do."}}
+        ),
+        "V2ServerMetadata": _record(
+            {
+                "name": {"const": "lstm-serve"},
+                "version": {"type": "string"},
+                "extensions": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": f"The protocol extensions served: {', '.join(EXTENSIONS)}.",
+                },
+            }
+        ),
+        "V2ModelMetadata": _record(
+            {
+                "name": {"type": "string"},
+                "versions": {"type": "array", "items": {"const": VERSION}, "minItems": 1},
+                "platform": {"const": "onnxruntime_onnx"},
+                "inputs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1,
+                    "items": tensor_metadata(INPUT, n_in, "input_size"),
+                },
+                "outputs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1,
+                    "items": tensor_metadata(OUTPUT, n_out, "output_size"),
+                },
+            }
+        ),
+        "V2ModelConfig": _obj(
+            list(_CONFIG_REQUIRED),
+            {
+                "name": {"type": "string"},
+                "platform": {"const": "onnxruntime_onnx"},
+                "backend": {"const": "onnxruntime"},
+                "max_batch_size": {
+                    "const": settings.batch_max_readings,
+                    "description": "The most readings in one batch (--batch-max-readings).",
+                },
+                "input": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1,
+                    "items": config_tensor(INPUT, n_in, "input_size"),
+                },
+                "output": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1,
+                    "items": config_tensor(OUTPUT, n_out, "output_size"),
+                },
+                "sequence_batching": _obj(
+                    [],
+                    {
+                        "max_sequence_idle_microseconds": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "The stream state's time to live; absent when "
+                            "streams never expire.",
+                        }
+                    },
+                    closed=False,
+                ),
+                "instance_group": {
+                    "type": "array",
+                    "items": _obj(
+                        ["kind", "count"],
+                        {
+                            "kind": {"const": "KIND_CPU"},
+                            "count": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "description": "Worker processes (--workers).",
+                            },
+                        },
+                        closed=False,
+                    ),
+                },
+                "version_policy": {"type": "object"},
+                "parameters": {
+                    "type": "object",
+                    "additionalProperties": _record({"string_value": {"type": "string"}}),
+                    "description": "fingerprint (the /v1 model_version), features and outputs "
+                    "(comma-separated names).",
+                },
+            },
+            closed=False,
+        ),
+        "V2StatDuration": _record(
+            {
+                "count": {"type": "integer", "minimum": 0},
+                "ns": {"type": "integer", "minimum": 0, "description": "Summed time, ns."},
+            }
+        ),
+        "V2ModelStats": _obj(
+            list(_MODEL_STATS_REQUIRED),
+            {
+                "name": {"type": "string"},
+                "version": {"const": VERSION},
+                "last_inference": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "When a request last succeeded, Unix ms (0: never).",
+                },
+                "inference_count": {"type": "integer", "minimum": 0},
+                "execution_count": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Model calls.",
+                },
+                "inference_stats": _obj(
+                    list(_INFERENCE_STATS),
+                    {name: _ref("V2StatDuration") for name in _INFERENCE_STATS},
+                    closed=False,
+                ),
+                "batch_stats": {
+                    "type": "array",
+                    "items": _obj(
+                        ["batch_size", *_BATCH_STATS],
+                        {
+                            "batch_size": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "description": "Streams in one model call.",
+                            },
+                            **{name: _ref("V2StatDuration") for name in _BATCH_STATS},
+                        },
+                        closed=False,
+                    ),
+                },
+            },
+            closed=False,
+        ),
+        "V2ModelStatistics": _record(
+            {
+                "model_stats": {
+                    "type": "array",
+                    "items": _ref("V2ModelStats"),
+                    "description": "One entry per model; counts and times summed over every "
+                    "worker process.",
+                }
+            }
+        ),
+        "V2RepositoryIndex": {
+            "type": "array",
+            "items": _obj(
+                ["name", "version", "state"],
+                {
+                    "name": {"type": "string"},
+                    "version": {"const": VERSION},
+                    "state": {"const": "READY"},
+                    "reason": {"type": "string"},
+                },
+            ),
+        },
+        "V2SequenceId": {
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": SEQUENCE_ID_MAX},
+                {"type": "string", "pattern": f"^{STREAM_ID.pattern}$"},
+            ],
+            "description": 'The stream: an integer n is stream str(n) (42 and "42" are one '
+            "stream, the /v1 stream 42); a string is the stream id itself.",
+        },
+        "V2TensorData": {
+            "type": "array",
+            "items": {
+                "anyOf": [
+                    {"type": "number", "minimum": -_FLOAT32_MAX, "maximum": _FLOAT32_MAX},
+                    {"type": "array"},
+                ]
+            },
+            "description": "The T*input_size values in row-major order, flat or nested as the "
+            "shape; each a finite FP32 number.",
+        },
+        "V2InferRequest": _obj(
+            ["parameters", "inputs"],
+            {
+                "id": {"type": "string", "description": "Echoed in the answer."},
+                "parameters": _obj(
+                    ["sequence_id"],
+                    {
+                        "sequence_id": _ref("V2SequenceId"),
+                        "sequence_start": {
+                            "type": "boolean",
+                            "description": "Start the stream afresh (a new generation from "
+                            "zero state) with this request.",
+                        },
+                        "sequence_end": {
+                            "type": "boolean",
+                            "description": "End the stream after this request: its next "
+                            "request starts a new generation.",
+                        },
+                        "seq": {
+                            **_ref("Seq"),
+                            "description": "The first step's seq; the T steps take seq .. "
+                            "seq+T-1. A resent request (same sequence_id and seq) answers its "
+                            "stored outputs, marked duplicate; a lower seq whose results are "
+                            "gone is 409. Omitted: each request is new steps.",
+                        },
+                        "binary_data_output": {
+                            "type": "boolean",
+                            "description": "Return every output as binary data.",
+                        },
+                    },
+                    closed=False,
+                ),
+                "inputs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1,
+                    "items": {
+                        **_obj(
+                            ["name", "datatype", "shape"],
+                            {
+                                "name": {"const": INPUT},
+                                "datatype": {"const": "FP32"},
+                                "shape": {
+                                    "type": "array",
+                                    "prefixItems": [{"const": 1}, steps, width],
+                                    "minItems": 3,
+                                    "maxItems": 3,
+                                    "description": "[1, T, input_size]: one stream, T steps "
+                                    f"(at most {max_steps}).",
+                                },
+                                "data": _ref("V2TensorData"),
+                                "parameters": _obj(
+                                    [],
+                                    {
+                                        "binary_data_size": {
+                                            "type": "integer",
+                                            "minimum": 4,
+                                            "description": "The tensor is this many bytes "
+                                            "(4*T*size, float32 little-endian) of the body's "
+                                            "binary part.",
+                                        }
+                                    },
+                                    closed=False,
+                                ),
+                            },
+                            closed=False,
+                        ),
+                        "oneOf": [
+                            {"required": ["data"]},
+                            {
+                                "required": ["parameters"],
+                                "properties": {"parameters": {"required": ["binary_data_size"]}},
+                            },
+                        ],
+                    },
+                    "description": f"One tensor, {INPUT}: T steps of one stream, in order; "
+                    "its values in data or as binary data.",
+                },
+                "outputs": {
+                    "type": "array",
+                    "items": _obj(
+                        ["name"],
+                        {
+                            "name": {"const": OUTPUT},
+                            "parameters": _obj(
+                                [],
+                                {
+                                    "binary_data": {
+                                        "type": "boolean",
+                                        "description": "Return this output as binary data.",
+                                    }
+                                },
+                                closed=False,
+                            ),
+                        },
+                        closed=False,
+                    ),
+                    "description": f"Optional: the one output is {OUTPUT}, always returned.",
+                },
+            },
+            closed=False,
+        ),
+        "V2InferResponseParameters": _record(
+            {
+                "sequence_id": _ref("V2SequenceId"),
+                "sequence_start": {"type": "boolean"},
+                "sequence_end": {"type": "boolean"},
+                "stream": _ref("StreamId"),
+                "generation": _ref("Generation"),
+                "seq": {**_ref("Seq"), "description": "The last step's seq."},
+                "duplicate": {
+                    "type": "boolean",
+                    "description": "true: a resent request, answered with the stored outputs; "
+                    "nothing changed.",
+                },
+            }
+        ),
+        "V2InferResponse": infer_response(
+            _record(
+                {
+                    **output_fields,
+                    "data": {
+                        "type": "array",
+                        "items": {"type": "number"},
+                        "description": "The T*size predictions, row-major, in raw units.",
+                    },
+                }
+            )
+        ),
+        "V2InferResponseHeader": infer_response(
+            _record(
+                {
+                    **output_fields,
+                    "parameters": _record(
+                        {
+                            "binary_data_size": {
+                                "type": "integer",
+                                "minimum": 4,
+                                "description": "The output's bytes after the JSON: 4*T*size, "
+                                "float32 little-endian.",
+                            }
+                        }
+                    ),
+                }
+            )
+        ),
+    }
 
 
 _RETRY_AFTER = {
@@ -327,6 +742,14 @@ _RETRY_AFTER = {
         "description": "Seconds to wait before retrying (with the same seq).",
         "required": True,
         "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+_ALLOW = {
+    "Allow": {
+        "description": "The methods the path accepts, comma-separated.",
+        "required": True,
+        "schema": {"type": "string"},
     }
 }
 
@@ -368,13 +791,37 @@ def _responses(settings: Settings) -> dict[str, Schema]:
         "MethodNotAllowed": error(
             "MethodNotAllowedError",
             "method_not_allowed: the path exists, the method does not.",
-            headers={
-                "Allow": {
-                    "description": "The methods the path accepts, comma-separated.",
-                    "required": True,
-                    "schema": {"type": "string"},
-                }
-            },
+            headers=_ALLOW,
+        ),
+        # /v2 answers KServe v2's {"error": "message"}, for the same causes.
+        "V2BadRequest": error(
+            "V2Error",
+            "Not JSON, not an inference request, a bad or missing sequence_id or seq, an input "
+            "other than one FP32 x shaped [1, T, input_size], values that are not finite FP32 "
+            f"numbers, a bad {HEADER_LENGTH} or binary data that does not match.",
+        ),
+        "V2NotFound": error("V2Error", "No such model served, or no such version of it."),
+        "V2Conflict": error(
+            "V2Error",
+            "A seq at or below the stream's last applied one whose results are no longer held "
+            "(a resent request of the stream's last one is answered as a duplicate), or the "
+            "stream's state was written by another model version (with --on-version-mismatch "
+            "refuse).",
+        ),
+        "V2PayloadTooLarge": error(
+            "V2Error",
+            f"A body over {settings.body_max_bytes} bytes, or more than "
+            f"{settings.request_max_readings} steps in one request.",
+        ),
+        "V2Unavailable": error(
+            "V2Error",
+            "Redis did not answer in time, or the queue is full, or the service is stopping. "
+            "Retry after Retry-After seconds with the same seq.",
+            headers=_RETRY_AFTER,
+        ),
+        "V2UnknownPath": error("V2Error", "No route has this path under /v2."),
+        "V2MethodNotAllowed": error(
+            "V2Error", "The path exists under /v2, the method does not.", headers=_ALLOW
         ),
     }
 
@@ -443,6 +890,24 @@ def _parameters(models: dict[str, ServedModel]) -> dict[str, Schema]:
             "in": "header",
             "description": "Sent by an EventSource on reconnect: resume after this event id.",
             "schema": event_id,
+        },
+        "Version": {
+            "name": "version",
+            "in": "path",
+            "required": True,
+            "description": f"The model's version: {VERSION}, or its fingerprint (the /v1 "
+            "model_version); any other is 404.",
+            "schema": {
+                "type": "string",
+                "enum": [VERSION, *sorted({m.version for m in models.values()})],
+            },
+        },
+        "InferenceHeaderLength": {
+            "name": HEADER_LENGTH,
+            "in": "header",
+            "description": "Binary tensor data: the body's first this many bytes are the JSON "
+            "request, the rest the binary inputs.",
+            "schema": {"type": "integer", "minimum": 1},
         },
     }
 
@@ -634,6 +1099,207 @@ def _subscription_paths(prefix: str, suffix: str, model_params: list[str]) -> di
     }
 
 
+def _v2_infer_examples(models: dict[str, ServedModel]) -> Schema:
+    """Two inference requests to the first served model: JSON and binary answers."""
+    n = models[min(models)].input_size
+    request = {
+        "id": "a1",
+        "parameters": {"sequence_id": 42, "sequence_start": True, "seq": 1},
+        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, 2, n], "data": [0.5] * 2 * n}],
+    }
+    binary = {**request, "parameters": {"sequence_id": "sensor-7", "binary_data_output": True}}
+    return {
+        "json": {"summary": "Start stream 42 with two steps", "value": request},
+        "binary": {"summary": "Two steps of stream sensor-7, output in binary", "value": binary},
+    }
+
+
+def _v2_model_paths(
+    base: str, suffix: str, params: list[str], examples: Schema
+) -> dict[str, Schema]:
+    """One model's KServe v2 routes under ``base`` (the model, or one version of it)."""
+    not_found = {"404": _resp("V2NotFound")}
+    binary_answer = (
+        "With binary output asked for (binary_data_output, or the output's binary_data): the "
+        f"JSON answer (V2InferResponseHeader, {HEADER_LENGTH} bytes) followed by the output's "
+        "binary_data_size bytes, float32 little-endian."
+    )
+    return {
+        base: {
+            "get": _operation(
+                f"v2ModelMetadata{suffix}",
+                "The model's inputs and outputs",
+                params,
+                {"200": _json(_ref("V2ModelMetadata"), "The model's metadata."), **not_found},
+                tags=["v2"],
+            )
+        },
+        f"{base}/ready": {
+            "get": _operation(
+                f"v2ModelReady{suffix}",
+                "Model readiness: 200 when the model is served",
+                params,
+                {"200": {"description": "Ready (no body)."}, **not_found},
+                tags=["v2"],
+            )
+        },
+        f"{base}/config": {
+            "get": _operation(
+                f"v2ModelConfig{suffix}",
+                "The model's configuration in Triton's form",
+                params,
+                {
+                    "200": _json(
+                        _ref("V2ModelConfig"),
+                        "A sequence-batching model configuration: x is [-1, input_size] per "
+                        "sequence, y [-1, output_size].",
+                    ),
+                    **not_found,
+                },
+                tags=["v2"],
+            )
+        },
+        f"{base}/stats": {
+            "get": _operation(
+                f"v2ModelStats{suffix}",
+                "The model's request statistics in Triton's form",
+                params,
+                {
+                    "200": _json(_ref("V2ModelStatistics"), "One entry, for this model."),
+                    **not_found,
+                },
+                tags=["v2"],
+            )
+        },
+        f"{base}/infer": {
+            "post": _operation(
+                f"v2Infer{suffix}",
+                "Apply T steps of one stream (sequence_id) and return the predictions",
+                [*params, "InferenceHeaderLength"],
+                {
+                    "200": {
+                        "description": "Applied (or, for a resent request, the stored outputs "
+                        "marked duplicate).",
+                        "headers": {
+                            HEADER_LENGTH: {
+                                "description": "With a binary answer: the length of its JSON part.",
+                                "schema": {"type": "integer", "minimum": 1},
+                            }
+                        },
+                        "content": {
+                            "application/json": {"schema": _ref("V2InferResponse")},
+                            "application/octet-stream": {
+                                "schema": {
+                                    "type": "string",
+                                    "contentMediaType": "application/octet-stream",
+                                    "description": binary_answer,
+                                },
+                                "x-inference-header": _ref("V2InferResponseHeader"),
+                            },
+                        },
+                    },
+                    "400": _resp("V2BadRequest"),
+                    **not_found,
+                    "409": _resp("V2Conflict"),
+                    "413": _resp("V2PayloadTooLarge"),
+                    "503": _resp("V2Unavailable"),
+                },
+                requestBody={
+                    "required": True,
+                    "description": "JSON whatever the Content-Type says; or, with "
+                    f"{HEADER_LENGTH}, that many bytes of JSON followed by the inputs' binary "
+                    "data in input order. See the 413 response for the size limits.",
+                    "content": {
+                        "application/json": {
+                            "schema": _ref("V2InferRequest"),
+                            "examples": examples,
+                        },
+                        "application/octet-stream": {
+                            "schema": {
+                                "type": "string",
+                                "contentMediaType": "application/octet-stream",
+                                "description": f"The JSON request ({HEADER_LENGTH} bytes), "
+                                "then x's binary_data_size bytes, float32 little-endian.",
+                            },
+                            "x-inference-header": _ref("V2InferRequest"),
+                        },
+                    },
+                },
+                tags=["v2"],
+            )
+        },
+    }
+
+
+def _v2_paths(models: dict[str, ServedModel]) -> dict[str, Schema]:
+    """The KServe v2 / Open Inference Protocol routes: server, models, inference."""
+    model = f"{V2_PREFIX}/models/{{model}}"
+    examples = _v2_infer_examples(models)
+    return {
+        V2_PREFIX: {
+            "get": _operation(
+                "v2ServerMetadata",
+                "The server's name, version and protocol extensions",
+                [],
+                {"200": _json(_ref("V2ServerMetadata"), "The server's metadata.")},
+                tags=["v2"],
+            )
+        },
+        f"{V2_PREFIX}/health/live": {
+            "get": _operation(
+                "v2ServerLive",
+                "Liveness: 200 while the process runs",
+                [],
+                {"200": {"description": "Alive (no body)."}},
+                tags=["v2"],
+            )
+        },
+        f"{V2_PREFIX}/health/ready": {
+            "get": _operation(
+                "v2ServerReady",
+                "Readiness: 200 when Redis answers and the models are loaded",
+                [],
+                {"200": {"description": "Ready (no body)."}, "503": _resp("V2Unavailable")},
+                tags=["v2"],
+            )
+        },
+        f"{V2_PREFIX}/repository/index": {
+            "post": _operation(
+                "v2RepositoryIndex",
+                "The served models, every one ready",
+                [],
+                {"200": _json(_ref("V2RepositoryIndex"), "One entry per served model.")},
+                requestBody={
+                    "required": False,
+                    "description": "Triton's filter; ignored, since every served model is ready.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"ready": {"type": "boolean"}},
+                            }
+                        }
+                    },
+                },
+                tags=["v2"],
+            )
+        },
+        f"{V2_PREFIX}/models/stats": {
+            "get": _operation(
+                "v2AllModelStats",
+                "Every served model's request statistics in Triton's form",
+                [],
+                {"200": _json(_ref("V2ModelStatistics"), "One entry per served model.")},
+                tags=["v2"],
+            )
+        },
+        **_v2_model_paths(model, "", ["Model"], examples),
+        **_v2_model_paths(
+            f"{model}/versions/{{version}}", "Version", ["Model", "Version"], examples
+        ),
+    }
+
+
 def openapi_document(settings: Settings, models: dict[str, ServedModel]) -> dict[str, Any]:
     """The OpenAPI 3.1 document for a service with these settings and models."""
     try:
@@ -704,6 +1370,7 @@ def openapi_document(settings: Settings, models: dict[str, ServedModel]) -> dict
                 tags=["operations"],
             )
         },
+        **_v2_paths(models),
     }
     default = settings.default_model or (next(iter(models)) if len(models) == 1 else None)
     return {
@@ -719,7 +1386,12 @@ def openapi_document(settings: Settings, models: dict[str, ServedModel]) -> dict
                 '{"error": {"code", "message"}}; an unknown path answers 404 not_found and a '
                 "method a path does not accept 405 method_not_allowed with Allow (see "
                 "components.responses UnknownPath and MethodNotAllowed); an internal failure "
-                "answers 500 internal_error without details."
+                "answers 500 internal_error without details. Paths under /v2 are KServe v2 / "
+                "the Open Inference Protocol with Triton's sequence, binary tensor data, model "
+                "configuration and statistics extensions: a request's sequence_id names its "
+                "stream, the /v1 stream of that id. Their errors are "
+                '{"error": "message"}, unknown paths and methods under /v2 included '
+                "(V2UnknownPath, V2MethodNotAllowed)."
             ),
         },
         "tags": [
@@ -728,6 +1400,7 @@ def openapi_document(settings: Settings, models: dict[str, ServedModel]) -> dict
             {"name": "events", "description": "Subscriptions to a stream's predictions."},
             {"name": "models", "description": "The served models."},
             {"name": "operations", "description": "Health, readiness, metrics, this document."},
+            {"name": "v2", "description": "KServe v2 / Open Inference Protocol (Triton's)."},
         ],
         "paths": paths,
         "components": {

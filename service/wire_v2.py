@@ -119,7 +119,7 @@ def parse_infer(
         raise InvalidRequest("the request body is empty; send a JSON inference request")
     try:
         data = jsonio.loads(head)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # too deep a nesting recurses
         raise InvalidRequest(f"the inference request is not valid JSON ({exc})") from None
     if type(data) is not dict:
         raise InvalidRequest(f"the inference request must be a JSON object, not {_kind(data)}")
@@ -257,7 +257,8 @@ def _flatten(data: object) -> list[float]:
             continue
         if type(item) is not float and type(item) is not int:
             raise InvalidValues(f"input '{INPUT}' holds {_kind(item)}, not a number")
-        value = float(item)
+        # float() of an integer beyond any double raises; such an integer is out of range anyway
+        value = float(item) if type(item) is float or abs(item) <= _FLOAT32_MAX else math.inf
         if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
             raise InvalidValues(f"input '{INPUT}' holds {item!r}, not a finite FP32 number")
         out.append(value)

@@ -10,9 +10,11 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +38,10 @@ from service.openapi import openapi_document
 
 LONG = "/v1/models/{model}"
 SHORT = "/v1"
+V2_MODEL = "/v2/models/{model}"
+V2_VERSION = V2_MODEL + "/versions/{version}"
+BINARY = "application/octet-stream"
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def registered_routes(app: Any) -> set[tuple[str, str]]:
@@ -122,7 +128,21 @@ class Contract:
         media = headers["content-type"].split(";")[0].strip()
         assert media in content, (media, list(content))
         escaped = media.replace("~", "~0").replace("/", "~1")
+        if isinstance(answer.body, bytes):
+            assert content[media]["schema"]["contentMediaType"] == media == BINARY
+            self._check_binary(f"{pointer}/content/{escaped}", headers, answer.body)
+            return
         self._validate(f"{pointer}/content/{escaped}/schema", answer.body)
+
+    def _check_binary(self, pointer: str, headers: dict[str, str], body: bytes) -> None:
+        """A binary inference answer: its first Inference-Header-Content-Length bytes are JSON
+        that the media type's ``x-inference-header`` allows, the rest exactly its outputs'
+        binary_data_size bytes."""
+        length = int(headers[HEADER_LENGTH.lower()])
+        head = json.loads(body[:length])
+        self._validate(f"{pointer}/x-inference-header", head)
+        sizes = [output["parameters"]["binary_data_size"] for output in head["outputs"]]
+        assert len(body) == length + sum(sizes), (len(body), length, sizes)
 
     def validate_schema(self, name: str, instance: Any) -> None:
         self._validate(f"/components/schemas/{name}", instance)
@@ -160,6 +180,10 @@ def test_the_document_is_valid_openapi_for_any_configuration(
     assert doc["components"]["parameters"]["Model"]["schema"]["enum"] == ["elnino", "sst"]
     assert schemas["ReadingList"]["properties"]["readings"]["maxItems"] == 7
     assert schemas["Values"]["minItems"] == schemas["Values"]["maxItems"] == 1
+    shape = schemas["V2InferRequest"]["properties"]["inputs"]["items"]["properties"]["shape"]
+    assert shape["prefixItems"] == [{"const": 1}, {"type": "integer", "minimum": 1, "maximum": 7},
+                                    {"const": 1}]  # fmt: skip
+    assert doc["components"]["parameters"]["Version"]["schema"]["enum"][0] == "1"
 
 
 def test_every_error_class_is_documented_under_its_status(demo_models: dict[str, Any]) -> None:
@@ -249,10 +273,22 @@ class Driver:
         model: str = "elnino",
         stream: str = "",
         query: str = "",
+        version: str = "1",
         **kw: Any,
     ) -> Response:
         path = template.replace("{model}", model).replace("{stream}", stream) + query
-        return self.contract.check(method, template, call(method, self.url + path, **kw))
+        path = path.replace("{version}", version)
+        return self.contract.check(method, template, _call(method, self.url + path, **kw))
+
+
+def _call(method: str, url: str, binary: bool = False, **kw: Any) -> Response:
+    """``call``; with ``binary``, a request whose answer is binary: its body is kept as bytes."""
+    if not binary:
+        return call(method, url, **kw)
+    data = kw["raw"] if "raw" in kw else json.dumps(kw["body"]).encode()
+    request = urllib.request.Request(url, data, kw.get("headers", {}), method=method)
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return Response(answer.status, dict(answer.headers.items()), answer.read())
 
 
 def _readings_scenarios(api: Driver, prefix: str, stream: str) -> None:
@@ -376,6 +412,90 @@ def _subscriptions_scenario(api: Driver, prefix: str, stream: str) -> None:
     api.contract.seen.add(("GET", ws_path, "101"))
 
 
+def _v2_infer_body(
+    sequence_id: int | str, values: list[float], seq: int | None = None, **parameters: Any
+) -> dict[str, Any]:
+    """A v2 inference request: ``values`` as the steps of the demo model's one input."""
+    if seq is not None:
+        parameters["seq"] = seq
+    return {
+        "id": f"{sequence_id}-{seq}",
+        "parameters": {"sequence_id": sequence_id, **parameters},
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, len(values), 1], "data": values}],
+    }
+
+
+def _v2_binary(body: dict[str, Any], values: list[float]) -> tuple[bytes, dict[str, str]]:
+    """``body`` with its input's values as binary tensor data: the raw body and its headers."""
+    tensor = body["inputs"][0]
+    del tensor["data"]
+    tensor["parameters"] = {"binary_data_size": 4 * len(values)}
+    head = json.dumps(body).encode()
+    return head + struct.pack(f"<{len(values)}f", *values), {HEADER_LENGTH: str(len(head))}
+
+
+def _v2_scenarios(api: Driver, stream_id: str) -> None:
+    """The KServe v2 routes' answers: metadata, health, config, statistics, JSON and binary
+    inference, and every error in v2's form."""
+    for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/stats"):
+        assert api("GET", path).status == 200
+    index = api("POST", "/v2/repository/index", body={"ready": True})
+    assert [m["name"] for m in index.body] == ["elnino"]
+    fingerprint = api("GET", LONG).body["version"]
+    for base, version in [(V2_MODEL, "1"), (V2_VERSION, "1"), (V2_VERSION, fingerprint)]:
+        for suffix in ("", "/ready", "/config", "/stats"):
+            assert api("GET", base + suffix, version=version).status == 200
+    for base, model, version in [(V2_MODEL, "nope", "1"), (V2_VERSION, "nope", "1"),
+                                 (V2_VERSION, "elnino", "2")]:  # fmt: skip
+        for suffix in ("", "/ready", "/config", "/stats"):
+            answer = api("GET", base + suffix, model=model, version=version)
+            assert answer.status == 404 and isinstance(answer.body["error"], str)
+        body = _v2_infer_body(stream_id, [24.0])
+        assert api("POST", base + "/infer", model=model, version=version, body=body).status == 404
+
+    for k, base in enumerate((V2_MODEL, V2_VERSION)):
+        infer = base + "/infer"
+        stream = f"{stream_id}-v2-{k}"
+        start = _v2_infer_body(stream, [24.0, 24.5], 1, sequence_start=True)
+        first = api("POST", infer, body=start)
+        assert first.body["parameters"]["seq"] == 2
+        assert first.body["outputs"][0]["shape"] == [1, 2, 1]
+        retry = api("POST", infer, body=start)
+        assert retry.body["parameters"]["duplicate"] is True
+        assert retry.body["outputs"] == first.body["outputs"]
+        raw, headers = _v2_binary(_v2_infer_body(stream, [25.0, 25.5], 3), [25.0, 25.5])
+        assert api("POST", infer, raw=raw, headers=headers).body["parameters"]["seq"] == 4
+        asked = _v2_infer_body(stream, [26.0], 5, binary_data_output=True)
+        binary = api("POST", infer, body=asked, binary=True)
+        assert binary.headers["Content-Type"] == BINARY
+        stale = api("POST", infer, body=_v2_infer_body(stream, [24.0, 24.5], 1))
+        assert stale.status == 409 and isinstance(stale.body["error"], str)
+        number = uuid.uuid4().int % 2**64 or 1  # an integer sequence_id
+        ended = api("POST", infer, body=_v2_infer_body(number, [24.0], sequence_end=True))
+        assert ended.body["parameters"]["stream"] == str(number)
+
+        good = _v2_infer_body(stream, [24.0])
+        tensor = good["inputs"][0]
+        for bad in [
+            {"raw": b"{not json"},
+            {"body": {**good, "parameters": {"sequence_id": 0}}},
+            {"body": {**good, "parameters": {"sequence_id": "a b"}}},
+            {"body": {**good, "inputs": [{**tensor, "datatype": "FP64"}]}},
+            {"body": {**good, "inputs": [{**tensor, "shape": [2, 1, 1]}]}},
+            {"body": {**good, "inputs": [{**tensor, "name": "z"}]}},
+            {"body": {**good, "inputs": [{**tensor, "data": ["warm"]}]}},
+            {"body": {**good, "outputs": [{"name": "z"}]}},
+            {"raw": json.dumps(good).encode(), "headers": {HEADER_LENGTH: "9999"}},
+            {"raw": b"[" * 100_000},  # nested beyond the JSON parser's recursion limit
+            {"body": {**good, "inputs": [{**tensor, "data": [10**400]}]}},  # beyond a double
+        ]:
+            answer = api("POST", infer, **bad)
+            assert answer.status == 400 and isinstance(answer.body["error"], str), (bad, answer)
+        too_many = _v2_infer_body(stream, [24.0] * 2001)
+        assert api("POST", infer, body=too_many).status == 413
+        assert api("POST", infer, raw=b"{" + b" " * (1024 * 1024)).status == 413
+
+
 def test_every_answer_of_a_real_service_is_documented(
     service: ServiceProcess,
     redis_server: RedisServer,
@@ -403,6 +523,10 @@ def test_every_answer_of_a_real_service_is_documented(
     api.contract.check_component("UnknownPath", call("GET", service.url + "/v1/nothing"))
     wrong = call("PUT", f"{service.url}/v1/streams/{stream_id}", {"values": [1]})
     api.contract.check_component("MethodNotAllowed", wrong)
+    _v2_scenarios(api, stream_id)
+    api.contract.check_component("V2UnknownPath", call("GET", service.url + "/v2/nothing"))
+    wrong = call("PUT", f"{service.url}/v2/models/elnino/infer", {"inputs": []})
+    api.contract.check_component("V2MethodNotAllowed", wrong)
 
     _several_models(service, redis_server, service_factory, stream_id, tmp_path, seen)
     _outage(redis_factory, service_factory, stream_id, seen)
@@ -450,6 +574,10 @@ def _several_models(
         answer = api(method, template, stream=old, body=body)
         assert answer.body["error"]["code"] == "model_not_found"
     assert api("GET", "/v1/models").body["default_model"] is None
+    mismatch = api("POST", V2_MODEL + "/infer", body=_v2_infer_body(old, [24.0]))
+    assert mismatch.status == 409 and "version" in mismatch.body["error"]
+    newer_version = {"model": "elnino", "version": "0000000000000001"}
+    assert api("GET", V2_VERSION + "/ready", **newer_version).status == 200
 
 
 def _outage(
@@ -475,7 +603,9 @@ def _outage(
             ("GET", "/streams/{stream}"), ("DELETE", "/streams/{stream}"),
             ("GET", "/streams/{stream}/events"), ("GET", "/events"),
         ]
-    } | {("GET", "/readyz", "503")}  # fmt: skip
+    } | {("GET", "/readyz", "503"), ("GET", "/v2/health/ready", "503")} | {
+        ("POST", base + "/infer", "503") for base in (V2_MODEL, V2_VERSION)
+    }  # fmt: skip
     codes: set[str] = set()
     assert redis.process is not None
     os.kill(redis.process.pid, signal.SIGSTOP)
@@ -483,7 +613,12 @@ def _outage(
         for _ in range(5):  # which request meets which 503 is a race; all of them are 503s
             with ThreadPoolExecutor(16) as pool:
                 answers = list(pool.map(lambda a: api(*a[:2], **a[2]), _burst(stream_id)))
-            codes |= {a.body["error"]["code"] for a in answers if a.status == 503}
+            # (v2's errors are messages without a code)
+            codes |= {
+                a.body["error"]["code"]
+                for a in answers
+                if a.status == 503 and isinstance(a.body["error"], dict)
+            }
             if wanted <= seen and codes == {"redis_unavailable", "overloaded"}:
                 break
     finally:
@@ -502,12 +637,15 @@ def _burst(stream_id: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
             yield "POST", prefix + "/readings", {
                 "body": {"readings": [{"stream": stream, "values": [24.0]}]}
             }  # fmt: skip
+        for base in (V2_MODEL, V2_VERSION):
+            yield "POST", base + "/infer", {"body": _v2_infer_body(f"{stream_id}-v2-{k}", [24.0])}
     for prefix in (LONG, SHORT):
         yield "GET", prefix + "/streams/{stream}", {"stream": stream_id}
         yield "DELETE", prefix + "/streams/{stream}", {"stream": stream_id}
         yield "GET", prefix + "/streams/{stream}/events", {"stream": f"{stream_id}-sub"}
         yield "GET", prefix + "/events", {"query": f"?streams={stream_id}-sub2"}
     yield "GET", "/readyz", {}
+    yield "GET", "/v2/health/ready", {}
 
 
 # -- a third-party consumer of the document ------------------------------------------------------
