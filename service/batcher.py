@@ -471,7 +471,8 @@ class Batcher:
             elif isinstance(outcome, Duplicate):
                 results = [(seq, _held_prediction(held, y)) for seq, held in outcome.held]
                 counts["duplicate"] += n
-                _resolve(unit, UnitResult(plan.generation, results, True))
+                generation = outcome.generation or plan.generation
+                _resolve(unit, UnitResult(generation, results, True))
             else:
                 counts["stale" if outcome.code == "stale_seq" else "rejected"] += n
                 _resolve(unit, error=outcome)

@@ -21,13 +21,17 @@ _STDLIB = os.environ.get("LSTM_BENCH_JSON") == "stdlib"
 
 
 def loads(raw: bytes | str) -> Any:
-    """Parse JSON; raises ValueError (UnicodeDecodeError included) when it is not JSON."""
-    if _STDLIB:
-        return json.loads(raw)
+    """Parse JSON; raises ValueError (UnicodeDecodeError included) when it is not JSON, or is
+    nested deeper than the parsers go (orjson refuses it; the standard library recurses)."""
+    if not _STDLIB:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
         return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def dumps(data: Any) -> bytes:

@@ -95,6 +95,7 @@ class Applied:
 @dataclass(frozen=True)
 class Duplicate:
     held: list[tuple[int, np.ndarray | int]]
+    generation: int | None = None  # when not the plan's: a retry of an ended stream's last request
 
 
 Outcome = Applied | Duplicate | ServiceError
@@ -176,7 +177,8 @@ def plan_stream(
         seqs = [r.seq for r in unit.readings]
         if ended is not None:
             if _repeats(seqs, ended):
-                plan.outcomes.append(Duplicate([(s, ended.results[s]) for s in _ints(seqs)]))
+                held_results = [(s, ended.results[s]) for s in _ints(seqs)]
+                plan.outcomes.append(Duplicate(held_results, ended.generation))
                 continue
             ended = None  # anything else starts the new generation
         elif unit.start and index > 0:

@@ -120,7 +120,8 @@ def _checked_reading(item: object, where: str, model: ServedModel) -> Reading:
     for k, v in enumerate(values):
         if not _is_number(v):
             raise InvalidValues(f"{where}.values[{k}] is {_kind(v)}, not a number")
-        f = float(v)
+        # float() of an integer beyond any double raises; such an integer is out of range anyway
+        f = float(v) if type(v) is float or abs(v) <= _FLOAT32_MAX else math.inf
         if not math.isfinite(f) or abs(f) > _FLOAT32_MAX:
             raise InvalidValues(f"{where}.values[{k}] = {v!r} is not a finite float32 number")
         floats.append(f)

@@ -119,7 +119,7 @@ def parse_infer(
         raise InvalidRequest("the request body is empty; send a JSON inference request")
     try:
         data = jsonio.loads(head)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # too deep a nesting recurses
+    except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the inference request is not valid JSON ({exc})") from None
     if type(data) is not dict:
         raise InvalidRequest(f"the inference request must be a JSON object, not {_kind(data)}")

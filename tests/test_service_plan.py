@@ -177,6 +177,7 @@ def test_after_an_end_only_its_last_request_is_a_retry(model: ServedModel) -> No
     retry = plan_stream(model, "s", "k", [unit(model, 11, 12)], state, "refuse", lambda: 3)
     assert isinstance(retry.outcomes[0], Duplicate) and not retry.needs_write
     assert [s for s, _ in retry.outcomes[0].held] == [11, 12]
+    assert retry.outcomes[0].generation == 5  # the generation that applied it, not a new one
     fresh = plan_stream(model, "s", "k", [unit(model, None)], state, "refuse", lambda: 3)
     assert fresh.generation == 6 and fresh.expected_guard == state.guard
     assert not fresh.h0.any() and [r.seq for r in fresh.steps] == [1]

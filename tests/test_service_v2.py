@@ -612,6 +612,8 @@ def test_a_resent_end_request_with_seq_does_not_restart_the_stream(
     resent = infer(client, stream_id, [24.5], seq=2, end=True)
     assert params(resent)["duplicate"] is True
     np.testing.assert_array_equal(predictions(resent), predictions(ended))
+    # the answer names the generation that applied it, as the first answer did
+    assert params(resent)["generation"] == params(ended)["generation"]
     # A duplicate changes nothing: the stream stays ended rather than starting a new generation.
     assert v1_state(v2_service, stream_id).status == 404
 

@@ -60,6 +60,14 @@ CASES: list[tuple[str, str, bytes, int, str]] = [
     ("infinity", R, b'{"values": [Infinity]}', 400, "invalid_values"),
     ("overflows float32", R, b'{"values": [1e39]}', 400, "invalid_values"),
     (
+        "an integer beyond any double",
+        R,
+        b'{"values": [' + b"9" * 400 + b"]}",
+        400,
+        "invalid_values",
+    ),
+    ("nested deeper than the parsers go", R, b"[" * 100_000, 400, "invalid_request"),
+    (
         "bad value in a later reading",
         R,
         b'{"readings": [{"values": [1]}, {"values": [1e999]}]}',
