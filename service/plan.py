@@ -177,7 +177,9 @@ def plan_stream(
         seqs = [r.seq for r in unit.readings]
         if ended is not None:
             if _repeats(seqs, ended):
-                held_results = [(s, ended.results[s]) for s in _ints(seqs)]
+                held_results: list[tuple[int, np.ndarray | int]] = [
+                    (s, ended.results[s]) for s in _ints(seqs)
+                ]
                 plan.outcomes.append(Duplicate(held_results, ended.generation))
                 continue
             ended = None  # anything else starts the new generation
