@@ -77,6 +77,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._accepting = True
         self._last_generation = 0
+        self._last_batch_readings = 0  # the size of the batch started last (see _may_start)
         self._log_policy = LogPolicy(settings.events_max_len, settings.events_max_age_ms)
         cached = settings.state_cache_streams
         self._cache = StateCache(cached) if cached else None
@@ -123,7 +124,7 @@ class Batcher:
         busy: set[tuple[str, str]] = set()  # (model, stream) of every batch in flight
         try:
             while True:
-                batch = self._take(busy) if len(in_flight) < MAX_BATCHES_IN_FLIGHT else []
+                batch = self._take(busy) if self._may_start(in_flight) else []
                 if not batch:
                     if not self._queue and not in_flight and not self._accepting:
                         return
@@ -132,12 +133,26 @@ class Batcher:
                     continue
                 streams = {(u.model.name, u.stream) for u in batch}
                 busy.update(streams)
+                self._last_batch_readings = sum(len(u.readings) for u in batch)
                 task = asyncio.create_task(self._guarded(batch))
                 in_flight.add(task)
                 task.add_done_callback(functools.partial(self._done, streams, in_flight, busy))
         finally:
             for task in in_flight:
                 task.cancel()
+
+    def _may_start(self, in_flight: set[asyncio.Task[None]]) -> bool:
+        """Whether a batch may start now. With none in flight, always: a lone reading waits for
+        nothing. Beside one in flight, only once as many readings are queued as that batch
+        took (or the batch limit): every batch costs a model call and a Redis round trip
+        whatever its size, so under moderate load readings gather into the next batch while
+        the current one waits for Redis, instead of going out as many small batches."""
+        if not in_flight:
+            return True
+        if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
+            return False
+        wanted = min(self._last_batch_readings, self.settings.batch_max_readings)
+        return self._queued_readings >= wanted
 
     def _done(
         self,
