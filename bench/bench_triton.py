@@ -375,6 +375,14 @@ def _peer_round(name: str, base: str, model: str, measure: Callable[[], PerfResu
     return Round(name, perf, after["inference_count"] - before["inference_count"])
 
 
+FLOOR = "aiohttp no-op floor"
+
+
+def _floor_round(name: str, measure: Callable[[], PerfResult]) -> Round:
+    perf = measure()
+    return Round(name, perf, perf.measured_requests)
+
+
 def bench(args: argparse.Namespace, work: Path, pa: PerfAnalyzer) -> list[tuple[int, Round]]:
     model_dir = export_model(args.weights, work)
     first_stream = write_input_data(
@@ -384,10 +392,14 @@ def bench(args: argparse.Namespace, work: Path, pa: PerfAnalyzer) -> list[tuple[
     argv = harness.service_argv(args.workers, "--model", str(model_dir), *args.service_arg)
     rounds: list[tuple[int, Round]] = []
     runs = 0
-    with (
-        harness.redis_server(work) as redis,
-        harness.http_process(argv, work, "service", {"REDIS_URL": redis.url}) as service,
-    ):
+    floor_argv = [sys.executable, str(Path(__file__).with_name("noop_server.py"))]
+    floor_argv += ["--workers", str(args.workers)]
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(harness.redis_server(work))
+        service = stack.enter_context(
+            harness.http_process(argv, work, "service", {"REDIS_URL": redis.url})
+        )
+        floor = stack.enter_context(harness.http_process(floor_argv, work, "floor"))
         worst = check_agreement(peer, args.peer_model, service, first_stream[:AGREEMENT_STEPS])
         print(f"same outputs from both over {AGREEMENT_STEPS} steps (largest difference "
               f"{worst:.1e})", file=sys.stderr, flush=True)  # fmt: skip
@@ -395,6 +407,8 @@ def bench(args: argparse.Namespace, work: Path, pa: PerfAnalyzer) -> list[tuple[
             "Triton peer": (args.peer_url, args.peer_model, peer),
             "lstm-serve": (service.removeprefix("http://"), MODEL, service),
         }
+        if args.floor:
+            targets[FLOOR] = (floor.removeprefix("http://"), MODEL, floor)
         # Unmeasured: connections, the service's first streams in Redis, the peer's sequence
         # slots. A warm-up that never stabilises is fine; one whose requests fail is not.
         for host_port, model, _ in targets.values():
@@ -414,6 +428,8 @@ def bench(args: argparse.Namespace, work: Path, pa: PerfAnalyzer) -> list[tuple[
                 runs += 1
                 if base == service:
                     result = _service_round(name, service, redis, measure)
+                elif base == floor:
+                    result = _floor_round(name, measure)
                 else:
                     result = _peer_round(name, base, model, measure)
                 rounds.append((r, result))
@@ -469,6 +485,12 @@ def report(args: argparse.Namespace, rounds: list[tuple[int, Round]]) -> None:
     print()
     rate_met = "met" if rate_ratio >= TARGET_THROUGHPUT_RATIO else "missed"
     p99_met = "met" if ours_p99 <= peer_p99 else "missed"
+    if args.floor:
+        floor_rate, floor_p99 = median(FLOOR, "per_s"), median(FLOOR, "99")
+        print(f"The no-op floor (bench/noop_server.py: aiohttp answering without work, "
+              f"{args.workers} worker(s)): {floor_rate:,.0f} inferences/s, p99 {floor_p99:.2f} ms; "
+              f"the peer is at {peer_rate / floor_rate:.2f}× of it, the service at "
+              f"{ours_rate / floor_rate:.2f}×.")  # fmt: skip
     print(f"Medians of {args.rounds} rounds. Target: the service at ≥ {TARGET_THROUGHPUT_RATIO}× "
           f"the peer's inferences/s ({rate_ratio:.2f}×: {rate_met}) with a p99 no higher than "
           f"the peer's ({p99_ratio:.2f}×: {p99_met}).")  # fmt: skip
@@ -512,6 +534,12 @@ def main() -> int:
         default=[],
         metavar="ARG",
         help="one more service flag, repeatable: --service-arg=--access-log=on",
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also drive bench/noop_server.py (aiohttp answering without work, same workers): "
+        "what any aiohttp server reaches here under perf_analyzer",
     )
     args = parser.parse_args()  # fmt: skip
     harness.require("redis-server")
