@@ -60,7 +60,7 @@ _INFER_IN_EXECUTOR = os.environ.get("LSTM_BENCH_INFER") == "executor"
 
 # Batches that may run at once (over disjoint streams): two keep the process busy while one waits
 # for Redis; more only queue behind the same Redis connection pool and CPU.
-MAX_BATCHES_IN_FLIGHT = int(os.environ.get("LSTM_BENCH_BATCHES_IN_FLIGHT", "2"))
+MAX_BATCHES_IN_FLIGHT = 2
 
 # A stream that keeps losing compare-and-set races this many times is answered 503 rather than
 # retried forever (it would take a writer advancing the stream between every read and write).
@@ -245,6 +245,7 @@ class Batcher:
         # the others, and any whose plan would answer without writing, are read first.
         plans: list[StreamPlan] = []
         unread: list[str] = []
+        from_cache: set[str] = set()
         cache = self._cache
         for key, units in groups.items():
             cached = cache.get(key) if cache is not None else None
@@ -252,9 +253,11 @@ class Batcher:
                 plan = self._plan(key, units, cached)
                 if all(type(o) is Applied for o in plan.outcomes):
                     plans.append(plan)
+                    from_cache.add(key)
                     continue
             unread.append(key)
         if unread:
+            self.metrics.state_cache.labels("miss").inc(len(unread))
             try:
                 raws = await self.store.load_many(unread)
             except ServiceError as exc:
@@ -299,12 +302,15 @@ class Batcher:
             self._record_stats(tallies, started, (inferring, inferred))
             return
 
+        hits = stale = 0
         for plan, write, outcome in zip(writing, writes, written, strict=True):
             if outcome is True:
                 if cache is not None:
                     cache.put(plan.key, write.record)
                 self._answer(plan, outputs[id(plan)].y, counts, tallies)
                 deferred.extend(plan.deferred)
+                if plan.key in from_cache:
+                    hits += 1
                 continue
             if cache is not None:
                 cache.drop(plan.key)
@@ -315,9 +321,16 @@ class Batcher:
                     # A new generation that does not sort after the stream's event log (another
                     # replica's clock is ahead): the next attempt starts after the log's.
                     self._last_generation = max(self._last_generation, outcome)
-                self.metrics.cas_conflicts.inc()
+                if plan.key in from_cache:
+                    stale += 1  # planned from a record that was no longer current
+                else:
+                    self.metrics.cas_conflicts.inc()
                 conflicts.extend(plan.units)
             deferred.extend(plan.deferred)
+        if hits:
+            self.metrics.state_cache.labels("hit").inc(hits)
+        if stale:
+            self.metrics.state_cache.labels("stale").inc(stale)
         self._count(counts)
         self._requeue(deferred, contended=False)
         self._requeue(conflicts)

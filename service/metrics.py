@@ -112,6 +112,15 @@ class Metrics:
             "Stream writes that lost a compare-and-set race and were recomputed",
             registry=r,
         )
+        self.state_cache = Counter(
+            "lstm_state_cache_total",
+            "Streams a batch planned, by where their state came from: hit (the record this "
+            "process last wrote, and it was current), stale (that record, but another process "
+            "had advanced, ended or expired the stream: read and recomputed, not counted in "
+            "lstm_cas_conflicts_total), miss (read from Redis)",
+            ["result"],
+            registry=r,
+        )
         self.streams_expired = Counter(
             "lstm_streams_expired_total",
             "Stream states Redis removed because the stream was idle for --state-ttl-s, as "
@@ -164,6 +173,8 @@ class Metrics:
             self.subscribers.labels(transport)
         for outcome in READING_OUTCOMES:
             self.readings.labels(outcome)
+        for result in ("hit", "stale", "miss"):
+            self.state_cache.labels(result)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """``request_seconds`` for one request; the labelled series are looked up once each

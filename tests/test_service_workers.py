@@ -55,17 +55,19 @@ def _worker_pids(service: ServiceProcess) -> list[int]:
 
 
 def _two_workers(
-    redis_server: RedisServer, service_factory: Callable[..., ServiceProcess]
+    redis_server: RedisServer, service_factory: Callable[..., ServiceProcess], *args: str
 ) -> ServiceProcess:
     """Two workers on one Redis, both listening; JSON access records say which one answered."""
     env = {"REDIS_URL": redis_server.url, "LSTM_LOG_FORMAT": "json"}
-    return _all_listening(service_factory("--workers", "2", "--access-log", "on", env=env))
+    return _all_listening(service_factory("--workers", "2", "--access-log", "on", *args, env=env))
 
 
 def test_two_workers_serve_any_stream_and_metrics_count_every_worker(
     redis_server: RedisServer, service_factory: Callable[..., ServiceProcess], stream_id: str
 ) -> None:
-    service = _two_workers(redis_server, service_factory)
+    # Without the state cache, every reading goes through exactly one batch, which the counts
+    # below rely on; with it, a stream that moves between workers is recomputed (next test).
+    service = _two_workers(redis_server, service_factory, "--state-cache-streams", "0")
     url = f"{service.url}/v1/streams/{stream_id}"
     # Every call is a new connection, which the kernel hands to either worker: one stream goes
     # back and forth between them and still counts 1, 2, 3, ...
@@ -118,6 +120,37 @@ def test_two_workers_serve_any_stream_and_metrics_count_every_worker(
         assert metric(samples, "lstm_model_info", model="elnino", version=version) == 1
     # No per-stream labels: the stream id appears nowhere.
     assert not [labels for _, labels in samples if any(stream_id in v for _, v in labels)]
+
+
+def test_a_stream_moving_between_workers_is_recomputed_from_redis_not_the_cache(
+    redis_server: RedisServer, service_factory: Callable[..., ServiceProcess], stream_id: str
+) -> None:
+    """With the state cache on, a worker that wrote a stream keeps its record; when the stream's
+    next readings went to the other worker, that record is stale. The write planned from it
+    fails its compare-and-set, and the stream is read and recomputed: every step is still
+    applied once, in order, and the recomputations are counted as stale cache entries, not as
+    races between writers."""
+    service = _two_workers(redis_server, service_factory)
+    url = f"{service.url}/v1/streams/{stream_id}"
+    applied = 40
+    for seq in range(1, applied + 1):  # a new connection each: either worker answers
+        answer = call("POST", url + "/readings", {"values": [24.0 + seq / 10]})
+        assert answer.status == 200, answer.body
+        assert answer.body["results"][0]["seq"] == seq
+    assert call("GET", url).body["seq"] == applied
+    assert _workers_that_answered(service) == {0, 1}
+    samples = scrape_metrics(service.url)
+    assert metric(samples, "lstm_readings_total", outcome="applied") == applied
+    assert metric(samples, "lstm_cas_conflicts_total") == 0  # one client at a time
+    hits = metric(samples, "lstm_state_cache_total", result="hit")
+    stale = metric(samples, "lstm_state_cache_total", result="stale")
+    misses = metric(samples, "lstm_state_cache_total", result="miss")
+    # The kernel spreads new connections over the workers, so both happen; each stale plan is
+    # read afterwards (a miss), and each reading went through one batch plus one per recompute.
+    assert stale > 0 and hits > 0
+    assert misses >= stale + 1  # the first reading, and each stale plan's second attempt
+    assert hits + stale + misses >= applied
+    assert metric(samples, "lstm_batch_readings_sum") == applied + stale
 
 
 def test_a_dead_worker_is_restarted_and_its_counts_are_kept(
