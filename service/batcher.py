@@ -2,7 +2,8 @@
 
 Handlers validate a request, turn it into units (one per stream) and ``submit`` them. One loop
 takes everything queued (up to ``batch_max_readings``), reads every stream's record in one round
-trip (per node, on a cluster), plans each stream (``plan.py``), runs each model over the streams
+trip (per node, on a cluster; a stream whose record this process wrote last is planned from that
+record instead, ``state_cache.py``), plans each stream (``plan.py``), runs each model over the streams
 with new readings (one call per length bucket, ragged lengths through ``seq_lens``), and writes
 every advanced stream with compare-and-set in one round trip, together with one event per applied
 step. While that batch is in flight, new readings queue, and a second batch over other streams
