@@ -3,13 +3,13 @@
 Handlers validate a request, turn it into units (one per stream) and ``submit`` them. One loop
 takes everything queued (up to ``batch_max_readings``), reads every stream's record in one round
 trip (per node, on a cluster; a stream whose record this process wrote last is planned from that
-record instead, ``state_cache.py``), plans each stream (``plan.py``), runs each model over the streams
-with new readings (one call per length bucket, ragged lengths through ``seq_lens``), and writes
-every advanced stream with compare-and-set in one round trip, together with one event per applied
-step. While that batch is in flight, new readings queue, and a second batch over other streams
-may start; no timer is involved, so a lone reading waits for nothing but its own work. A stream
-whose write lost a race goes back to the front of the queue and is recomputed from the state that
-won; the other streams of the batch are answered.
+record instead, ``state_cache.py``), plans each stream (``plan.py``), runs each model over the
+streams with new readings (one call per length bucket, ragged lengths through ``seq_lens``), and
+writes every advanced stream with compare-and-set in one round trip, together with one event per
+applied step. While that batch is in flight, new readings queue, and once as many are queued as it
+took, a second batch over other streams may start; no timer is involved, so a lone reading waits
+for nothing but its own work. A stream whose write lost a race goes back to the front of the queue
+and is recomputed from the state that won; the other streams of the batch are answered.
 """
 
 from __future__ import annotations
