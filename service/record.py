@@ -64,38 +64,19 @@ class StreamState(NamedTuple):
         stored_version = raw[at : at + vlen].decode("ascii")
         at += vlen
         dtype = _results_dtype(outputs)
-        if nbytes == 0:  # ended: only the last request's results (of this version, if it is)
-            if stored_version == version:
-                held = np.frombuffer(raw, dtype, n_results, at)
-            else:
-                held = np.empty(0, dtype)
-            return cls(
-                raw[:GUARD_BYTES],
-                generation,
-                seq,
-                updated_at,
-                stored_version,
-                None,
-                None,
-                held,
-                ended=True,
-            )
-        if stored_version != version or nbytes != state_shape[0] * state_shape[1] * 4:
-            return cls(
-                raw[:GUARD_BYTES],
-                generation,
-                seq,
-                updated_at,
-                stored_version,
-                None,
-                None,
-                np.empty(0, dtype),
-            )
+        guard = raw[:GUARD_BYTES]
+        ended = nbytes == 0  # only the last request's results, no state
+        if ended or stored_version != version or nbytes != state_shape[0] * state_shape[1] * 4:
+            # No state to use: ended, or written by another model version (whose results are
+            # of no use either)
+            same = ended and stored_version == version
+            held = np.frombuffer(raw, dtype, n_results, at) if same else np.empty(0, dtype)
+            return cls(guard, generation, seq, updated_at, stored_version, None, None, held, ended)
         size = state_shape[0] * state_shape[1]
         h = np.frombuffer(raw, np.float32, size, at).reshape(state_shape)
         c = np.frombuffer(raw, np.float32, size, at + nbytes).reshape(state_shape)
         held = np.frombuffer(raw, dtype, n_results, at + 2 * nbytes)
-        return cls(raw[:GUARD_BYTES], generation, seq, updated_at, stored_version, h, c, held)
+        return cls(guard, generation, seq, updated_at, stored_version, h, c, held)
 
     def last_prediction(self) -> list[float] | None:
         pred = self.results.get(self.seq)

@@ -24,6 +24,7 @@ from .record import StreamState
 __all__ = [
     "STREAM_ID",
     "check_stream_id",
+    "kind",
     "parse_body",
     "parse_bulk_item",
     "parse_stream_readings",
@@ -54,11 +55,12 @@ def parse_body(body: bytes) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the request body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise InvalidRequest(f"the request body must be a JSON object, not {_kind(data)}")
+        raise InvalidRequest(f"the request body must be a JSON object, not {kind(data)}")
     return data
 
 
-def _kind(value: object) -> str:
+def kind(value: object) -> str:
+    """How an error message names a JSON value's type."""
     return {
         dict: "an object",
         list: "an array",
@@ -95,7 +97,7 @@ def _reading(item: object, where: str, model: ServedModel) -> Reading:
 
 def _checked_reading(item: object, where: str, model: ServedModel) -> Reading:
     if not isinstance(item, dict):
-        raise InvalidRequest(f"{where} must be an object with 'values', not {_kind(item)}")
+        raise InvalidRequest(f"{where} must be an object with 'values', not {kind(item)}")
     unknown = set(item) - _READING_FIELDS
     if unknown:
         raise InvalidRequest(
@@ -109,7 +111,7 @@ def _checked_reading(item: object, where: str, model: ServedModel) -> Reading:
     if not isinstance(values, list):
         raise InvalidValues(
             f"{where}.values must be a list of {n} number(s) ({', '.join(model.features)}), "
-            f"not {_kind(values)}"
+            f"not {kind(values)}"
         )
     if len(values) != n:
         raise InvalidValues(
@@ -119,7 +121,7 @@ def _checked_reading(item: object, where: str, model: ServedModel) -> Reading:
     floats: list[float] = []
     for k, v in enumerate(values):
         if not _is_number(v):
-            raise InvalidValues(f"{where}.values[{k}] is {_kind(v)}, not a number")
+            raise InvalidValues(f"{where}.values[{k}] is {kind(v)}, not a number")
         # float() of an integer beyond any double raises; such an integer is out of range anyway
         f = float(v) if type(v) is float or abs(v) <= _FLOAT32_MAX else math.inf
         if not math.isfinite(f) or abs(f) > _FLOAT32_MAX:

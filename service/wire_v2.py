@@ -21,7 +21,7 @@ from . import jsonio
 from .errors import InvalidRequest, InvalidStreamId, InvalidValues, PayloadTooLarge
 from .model import ServedModel
 from .plan import SEQ_MAX, Reading, UnitResult
-from .wire import STREAM_ID
+from .wire import STREAM_ID, kind, parse_body
 
 __all__ = [
     "HEADER_LENGTH",
@@ -75,23 +75,13 @@ def sequence_stream(value: object) -> tuple[str, int | str]:
                 f"sequence_id {shown!r} must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"
             )
         return value, value
-    raise InvalidRequest(f"sequence_id must be an unsigned integer or a string, not {_kind(value)}")
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return {dict: "an object", list: "an array", str: "a string", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
+    raise InvalidRequest(f"sequence_id must be an unsigned integer or a string, not {kind(value)}")
 
 
 def _flag(parameters: dict[str, Any], name: str) -> bool:
     value = parameters.get(name, False)
     if type(value) is not bool:
-        raise InvalidRequest(f"parameters.{name} must be true or false, not {_kind(value)}")
+        raise InvalidRequest(f"parameters.{name} must be true or false, not {kind(value)}")
     return value
 
 
@@ -115,20 +105,13 @@ def parse_infer(
     body: bytes, header_length: str | None, model: ServedModel, max_steps: int
 ) -> V2Request:
     head, binary = _split(body, header_length)
-    if not head.strip():
-        raise InvalidRequest("the request body is empty; send a JSON inference request")
-    try:
-        data = jsonio.loads(head)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the inference request is not valid JSON ({exc})") from None
-    if type(data) is not dict:
-        raise InvalidRequest(f"the inference request must be a JSON object, not {_kind(data)}")
+    data = parse_body(head)
     request_id = data.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise InvalidRequest(f"id must be a string, not {_kind(request_id)}")
+        raise InvalidRequest(f"id must be a string, not {kind(request_id)}")
     parameters = data.get("parameters", {})
     if type(parameters) is not dict:
-        raise InvalidRequest(f"parameters must be an object, not {_kind(parameters)}")
+        raise InvalidRequest(f"parameters must be an object, not {kind(parameters)}")
     stream, sequence_id = sequence_stream(parameters.get("sequence_id"))
     start = _flag(parameters, "sequence_start")
     end = _flag(parameters, "sequence_end")
@@ -256,7 +239,7 @@ def _flatten(data: object) -> list[float]:
             pending.extend(reversed(item))
             continue
         if type(item) is not float and type(item) is not int:
-            raise InvalidValues(f"input '{INPUT}' holds {_kind(item)}, not a number")
+            raise InvalidValues(f"input '{INPUT}' holds {kind(item)}, not a number")
         # float() of an integer beyond any double raises; such an integer is out of range anyway
         value = float(item) if type(item) is float or abs(item) <= _FLOAT32_MAX else math.inf
         if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
@@ -270,7 +253,7 @@ def _outputs(outputs: object, binary_default: bool) -> bool:
     if outputs is None:
         return binary_default
     if type(outputs) is not list:
-        raise InvalidRequest(f"outputs must be a list, not {_kind(outputs)}")
+        raise InvalidRequest(f"outputs must be a list, not {kind(outputs)}")
     binary = binary_default
     for item in outputs:
         name = item.get("name") if type(item) is dict else None
