@@ -230,12 +230,12 @@ class Batcher:
         tallies: dict[str, Tally] = {}  # per model, for its statistics (model_stats.py)
         # Group by stream, keeping arrival order inside each stream.
         groups: dict[str, list[Unit]] = {}
+        name, tally = "", Tally()  # the model of the unit before (a batch has mostly one)
         for unit in batch:
             unit.attempts += 1
-            name = unit.model.name
-            tally = tallies.get(name)
-            if tally is None:
-                tally = tallies[name] = Tally()
+            if unit.model.name != name:
+                name = unit.model.name
+                tally = tallies.setdefault(name, Tally())
             tally.units += 1
             if unit.attempts == 1:
                 tally.queued += 1
