@@ -63,6 +63,12 @@ _INFER_IN_EXECUTOR = os.environ.get("LSTM_BENCH_INFER") == "executor"
 # for Redis; more only queue behind the same Redis connection pool and CPU.
 MAX_BATCHES_IN_FLIGHT = 2
 
+# Beside a batch in flight, a second starts once this many readings are queued (or as many as
+# the first took, if fewer): enough to share a model call and a Redis round trip. Waiting for a
+# second batch as large as a bulk batch of thousands cost the bulk path a tenth of its rate
+# (bench_service.py compare).
+SECOND_BATCH_READINGS = 32
+
 # A stream that keeps losing compare-and-set races this many times is answered 503 rather than
 # retried forever (it would take a writer advancing the stream between every read and write).
 MAX_ATTEMPTS = 64
@@ -145,14 +151,15 @@ class Batcher:
     def _may_start(self, in_flight: set[asyncio.Task[None]]) -> bool:
         """Whether a batch may start now. With none in flight, always: a lone reading waits for
         nothing. Beside one in flight, only once as many readings are queued as that batch
-        took (or the batch limit): every batch costs a model call and a Redis round trip
-        whatever its size, so under moderate load readings gather into the next batch while
-        the current one waits for Redis, instead of going out as many small batches."""
+        took, or ``SECOND_BATCH_READINGS``: every batch costs a model call and a Redis round
+        trip whatever its size, so under moderate load readings gather into the next batch
+        while the current one waits for Redis, instead of going out as many small batches;
+        under heavy load (large batches) the second batch starts as soon as it is worth one."""
         if not in_flight:
             return True
         if len(in_flight) >= MAX_BATCHES_IN_FLIGHT:
             return False
-        wanted = min(self._last_batch_readings, self.settings.batch_max_readings)
+        wanted = min(self._last_batch_readings, SECOND_BATCH_READINGS)
         return self._queued_readings >= wanted
 
     def _done(
