@@ -488,17 +488,11 @@ class Batcher:
         """Resolve every unit of a plan whose write (if any) happened; ``counts`` gathers the
         batch's readings by outcome, for one metric update per batch, and ``tallies`` its
         requests, for the model's statistics."""
-        tally = tallies[plan.model.name]
-        now = time.perf_counter()
+        failed = 0
+        failed_since = answered_since = 0.0  # summed enqueue times, for the statistics
         for unit, outcome in zip(plan.units, plan.outcomes, strict=True):
             n = len(unit.readings)
-            if isinstance(outcome, ServiceError):
-                tally.fail += 1
-                tally.fail_s += now - unit.enqueued_at
-            else:
-                tally.success += 1
-                tally.success_s += now - unit.enqueued_at
-            if isinstance(outcome, Applied):
+            if type(outcome) is Applied:
                 assert y is not None
                 rows = y[outcome.first : outcome.first + outcome.count].tolist()
                 counts["applied"] += n
@@ -510,8 +504,22 @@ class Batcher:
                 generation = outcome.generation or plan.generation
                 _resolve(unit, UnitResult(generation, results, True))
             else:
+                assert isinstance(outcome, ServiceError)
                 counts["stale" if outcome.code == "stale_seq" else "rejected"] += n
                 _resolve(unit, error=outcome)
+                failed += 1
+                failed_since += unit.enqueued_at
+                continue
+            answered_since += unit.enqueued_at
+        # One update per plan: success and fail counts, and their time from queueing to now.
+        tally = tallies[plan.model.name]
+        now = time.perf_counter()
+        answered = len(plan.units) - failed
+        tally.success += answered
+        tally.success_s += answered * now - answered_since
+        if failed:
+            tally.fail += failed
+            tally.fail_s += failed * now - failed_since
 
     def _count(self, counts: Counter[str]) -> None:
         for outcome, n in counts.items():
