@@ -88,6 +88,8 @@ class Batcher:
         self._log_policy = LogPolicy(settings.events_max_len, settings.events_max_age_ms)
         cached = settings.state_cache_streams
         self._cache = StateCache(cached) if cached else None
+        # lstm_state_cache_total's series, looked up once rather than per batch
+        self._cache_results = {r: metrics.state_cache.labels(r) for r in ("hit", "stale", "miss")}
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -265,7 +267,7 @@ class Batcher:
                     continue
             unread.append(key)
         if unread:
-            self.metrics.state_cache.labels("miss").inc(len(unread))
+            self._cache_results["miss"].inc(len(unread))
             try:
                 raws = await self.store.load_many(unread)
             except ServiceError as exc:
@@ -336,9 +338,9 @@ class Batcher:
                 conflicts.extend(plan.units)
             deferred.extend(plan.deferred)
         if hits:
-            self.metrics.state_cache.labels("hit").inc(hits)
+            self._cache_results["hit"].inc(hits)
         if stale:
-            self.metrics.state_cache.labels("stale").inc(stale)
+            self._cache_results["stale"].inc(stale)
         self._count(counts)
         self._requeue(deferred, contended=False)
         self._requeue(conflicts)

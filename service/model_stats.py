@@ -177,60 +177,53 @@ def _ns(seconds: float) -> int:
     return round(seconds * 1e9)
 
 
+def _pair(count: float, seconds: float) -> dict[str, int]:
+    return {"count": int(count), "ns": _ns(seconds)}
+
+
 def triton_statistics(
     families: Iterable[Metric], models: Iterable[str], version: str = "1"
 ) -> dict[str, Any]:
     """Triton's ``/v2/models/stats`` JSON for ``models``, from collected metric families."""
-    values: dict[tuple[str, tuple[str, ...]], float] = {}
+    values: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    sizes: dict[str, set[int]] = {}  # the batch sizes each model has executed
     for family in families:
         for sample in family.samples:
-            labels = tuple(sorted(sample.labels.items()))
-            values[(sample.name, tuple(f"{k}={v}" for k, v in labels))] = sample.value
+            values[(sample.name, frozenset(sample.labels.items()))] = sample.value
+            if sample.name == "lstm_model_executions_total":
+                model = sample.labels["model"]
+                sizes.setdefault(model, set()).add(int(sample.labels["batch_size"]))
 
     def get(name: str, **labels: str) -> float:
-        key = tuple(f"{k}={v}" for k, v in sorted(labels.items()))
-        return values.get((name, key), 0.0)
+        return values.get((name, frozenset(labels.items())), 0.0)
 
     out = []
     for model in models:
-
-        def pair(count: float, seconds: float) -> dict[str, int]:
-            return {"count": int(count), "ns": _ns(seconds)}
-
         stats: dict[str, dict[str, int]] = {}
         for outcome in ("success", "fail"):
-            stats[outcome] = pair(
+            stats[outcome] = _pair(
                 get("lstm_model_requests_total", model=model, outcome=outcome),
                 get("lstm_model_request_seconds_total", model=model, outcome=outcome),
             )
         for phase in PHASES:
-            stats[phase] = pair(
+            stats[phase] = _pair(
                 get("lstm_model_phase_requests_total", model=model, phase=phase),
                 get("lstm_model_phase_seconds_total", model=model, phase=phase),
             )
         stats["cache_hit"] = {"count": 0, "ns": 0}  # no response cache
         stats["cache_miss"] = {"count": 0, "ns": 0}
-        sizes = sorted(
-            {
-                int(dict(key)["batch_size"])
-                for name, key in ((n, [kv.split("=", 1) for kv in k]) for n, k in values)
-                if name == "lstm_model_executions_total" and dict(key).get("model") == model
-            }
-        )
         executions = 0
         batch_stats = []
-        for size in sizes:
-            count = get("lstm_model_executions_total", model=model, batch_size=str(size))
+        for size in sorted(sizes.get(model, ())):
+            label = str(size)
+            count = get("lstm_model_executions_total", model=model, batch_size=label)
             executions += int(count)
             entry: dict[str, Any] = {"batch_size": size}
             for phase in _BATCH_PHASES:
                 seconds = get(
-                    "lstm_model_execution_seconds_total",
-                    model=model,
-                    batch_size=str(size),
-                    phase=phase,
+                    "lstm_model_execution_seconds_total", model=model, batch_size=label, phase=phase
                 )
-                entry[phase] = pair(count, seconds)
+                entry[phase] = _pair(count, seconds)
             batch_stats.append(entry)
         last = get("lstm_model_last_inference_timestamp_seconds", model=model)
         out.append(
