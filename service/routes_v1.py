@@ -30,7 +30,7 @@ from .wire import (
     unit_json,
 )
 
-__all__ = ["add_routes", "default_model_name", "json_response", "model_for"]
+__all__ = ["add_routes", "default_model_name", "json_response", "model_for", "read_body"]
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -67,13 +67,17 @@ def model_for(request: web.Request) -> ServedModel:
     return model
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request) -> bytes:
+    """The request's body; over ``--body-max-bytes``, PayloadTooLarge."""
     try:
-        raw = await request.read()
+        return await request.read()
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].body_max_bytes
         raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes") from None
-    return parse_body(raw)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    return parse_body(await read_body(request))
 
 
 async def post_readings(request: web.Request) -> web.Response:

@@ -16,11 +16,11 @@ from typing import Any
 from aiohttp import web
 
 from .app_keys import BATCHER, METRICS, MODELS, SETTINGS, STORE
-from .errors import ModelNotFound, PayloadTooLarge
+from .errors import ModelNotFound
 from .model import ServedModel
 from .model_stats import triton_statistics
 from .plan import Unit, UnitResult
-from .routes_v1 import json_response
+from .routes_v1 import json_response, read_body
 from .wire_v2 import HEADER_LENGTH, INPUT, OUTPUT, infer_response, parse_infer
 
 __all__ = ["V2_PREFIX", "add_v2_routes"]
@@ -175,12 +175,7 @@ async def infer(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     batcher = request.app[BATCHER]
     batcher.check_room()
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"the request body is over the limit of {settings.body_max_bytes} bytes"
-        ) from None
+    body = await read_body(request)
     parsed = parse_infer(
         body, request.headers.get(HEADER_LENGTH), model, settings.request_max_readings
     )
