@@ -25,10 +25,10 @@ from aiohttp import WSMsgType, web
 from .app_keys import HUB, SETTINGS, STORE
 from .errors import InvalidRequest, ServiceError
 from .events import Event, EventId, parse_event_id
+from .ids import check_stream_id
 from .routes_events import CLOSE_GRACE_S, bound_send_buffer
 from .routes_v1 import model_for
 from .subscriber import Subscriber, TooManyStreams, parse_cursor, parse_prefix
-from .wire import check_stream_id
 
 __all__ = ["CONTROL_MAX_BYTES", "add_subscription_routes"]
 

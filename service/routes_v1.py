@@ -17,11 +17,11 @@ from aiohttp import web
 from . import jsonio
 from .app_keys import BATCHER, MODELS, SETTINGS, STORE
 from .errors import InvalidRequest, ModelNotFound, PayloadTooLarge, ServiceError, StreamNotFound
+from .ids import check_stream_id
 from .model import ServedModel
 from .plan import Ticket, Unit, UnitResult
 from .record import StreamState
 from .wire import (
-    check_stream_id,
     error_json,
     parse_body,
     parse_bulk_item,

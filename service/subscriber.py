@@ -29,9 +29,9 @@ from typing import Any, Protocol
 from .errors import InvalidRequest, ServiceError
 from .event_hub import CLOSED, REDISCOVER, RESYNC, EventHub, NewStream, Subscription
 from .events import Event, EventId, LiveBatch, events_from_log, format_id, parse_event_id
+from .ids import STREAM_ID
 from .settings import Settings
 from .state_store import LogChunk, StateStore
-from .wire import STREAM_ID
 
 __all__ = [
     "START",

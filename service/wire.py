@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from datetime import UTC, datetime
 from typing import Any
 
 from . import jsonio
 from .errors import InvalidRequest, InvalidStreamId, InvalidValues, PayloadTooLarge, ServiceError
+from .ids import check_stream_id
 from .model import ServedModel
 from .plan import SEQ_MAX, Reading, UnitResult
 from .record import StreamState
 
 __all__ = [
-    "STREAM_ID",
-    "check_stream_id",
     "kind",
     "parse_body",
     "parse_bulk_item",
@@ -33,18 +31,8 @@ __all__ = [
     "unit_json",
 ]
 
-STREAM_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _READING_FIELDS = frozenset({"values", "seq", "ts"})
 _FLOAT32_MAX = 3.4e38  # a value beyond this cannot be a float32
-
-
-def check_stream_id(stream: str) -> str:
-    if not STREAM_ID.fullmatch(stream):
-        shown = stream if len(stream) <= 140 else stream[:140] + "..."
-        raise InvalidStreamId(
-            f"stream id {shown!r} must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"
-        )
-    return stream
 
 
 def parse_body(body: bytes) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from typing import Any, NamedTuple
 
 from . import jsonio
 from .errors import InvalidRequest, InvalidStreamId, InvalidValues, PayloadTooLarge
+from .ids import STREAM_ID
 from .model import ServedModel
 from .plan import SEQ_MAX, Reading, UnitResult
-from .wire import STREAM_ID, kind, parse_body
+from .wire import kind, parse_body
 
 __all__ = [
     "HEADER_LENGTH",
