@@ -23,10 +23,10 @@ import time
 import numpy as np
 import redis
 
-from service.events import log_append
-from service.metrics import Metrics
-from service.record import encode_record, guard_of
-from service.state_store import LogPolicy, StateStore, Write
+from service.core.metrics import Metrics
+from service.step.events import log_append
+from service.step.record import encode_record, guard_of
+from service.step.state_store import LogPolicy, StateStore, Write
 
 VERSION = "19f94faff40a45e0"  # a model fingerprint is 16 hex digits
 

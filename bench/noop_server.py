@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from service import jsonio
-from service.runner import event_loop_factory
+from service.core import jsonio
+from service.process.runner import event_loop_factory
 
 
 def _answer(stream: Any, values: Any) -> dict[str, Any]:

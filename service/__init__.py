@@ -3,7 +3,7 @@
 ``create_app(settings)`` builds the aiohttp application; ``lstm-serve`` (``__main__``) runs it.
 """
 
-from .app import create_app
-from .settings import Settings, load_settings
+from .core.settings import Settings, load_settings
+from .process.app import create_app
 
 __all__ = ["Settings", "create_app", "load_settings"]

@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .logs import configure_logging
-from .runner import run_server
-from .settings import SettingsError, load_settings
-from .supervisor import Supervisor
+from .core.logs import configure_logging
+from .core.settings import SettingsError, load_settings
+from .process.runner import run_server
+from .process.supervisor import Supervisor
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -109,8 +109,8 @@ def test_the_dockerignore_matcher_follows_dockers_rules() -> None:
         (True, re.compile("(.*/)?__pycache__")),
     ]
     assert excluded("tests/conftest.py", rules)
-    assert not excluded("service/app.py", rules)
-    assert excluded("service/__pycache__/app.cpython-311.pyc", rules)
+    assert not excluded("service/process/app.py", rules)
+    assert excluded("service/process/__pycache__/app.cpython-311.pyc", rules)
     assert excluded("__pycache__", rules)
 
 
@@ -124,12 +124,13 @@ def test_what_the_dockerfile_copies_is_in_the_context_and_nothing_else_is() -> N
         assert not excluded(source, rules), source
         inside = [f for f in files if f == source or f.startswith(source + "/")]
         assert inside, f"{source} contributes no file to the context"
-    for module in (ROOT / "service").glob("*.py"):
+    for module in (ROOT / "service").rglob("*.py"):
         assert not excluded(module.relative_to(ROOT).as_posix(), rules), module
     for kept_out in [
         ".git/HEAD", ".venv/pyvenv.cfg", "tests/conftest.py", "bench/bench_service.py",
-        ".pytest_cache/README.md", ".mypy_cache/x", "service/__pycache__/app.cpython-311.pyc",
-        "lstm_serve.egg-info/PKG-INFO", "deploy/docker-compose.yml", "Dockerfile",
+        ".pytest_cache/README.md", ".mypy_cache/x",
+        "service/process/__pycache__/app.cpython-311.pyc", "lstm_serve.egg-info/PKG-INFO",
+        "deploy/docker-compose.yml", "Dockerfile",
     ]:  # fmt: skip
         assert excluded(kept_out, rules), kept_out
     # Every file in the context is under something the Dockerfile copies.
@@ -178,7 +179,7 @@ def test_the_core_dependencies_cover_every_import_of_the_service() -> None:
     core = {re.split(r"[ ;<>=!~\[]", req, maxsplit=1)[0].lower() for req in declared}
     providers = importlib.metadata.packages_distributions()
     needed: set[str] = set()
-    for module in (ROOT / "service").glob("*.py"):
+    for module in (ROOT / "service").rglob("*.py"):
         for node in ast.walk(ast.parse(module.read_text())):
             if isinstance(node, ast.Import):
                 tops = [a.name.split(".")[0] for a in node.names]
@@ -403,7 +404,7 @@ def test_the_deployment_listens_probes_and_is_reached_on_one_port() -> None:
 
 
 def test_the_deployment_sets_real_options_with_values_they_accept() -> None:
-    from service.settings import OPTIONS, load_settings
+    from service.core.settings import OPTIONS, load_settings
 
     by_env = {opt.env: opt for opt in OPTIONS}
     env = container_env()
@@ -424,7 +425,7 @@ def test_the_deployment_sets_real_options_with_values_they_accept() -> None:
 
 
 def test_the_redis_url_comes_from_a_secret_in_the_manifests() -> None:
-    from service.settings import OPTIONS
+    from service.core.settings import OPTIONS
 
     entry = container_env()["REDIS_URL"]
     assert "value" not in entry, "the URL may carry a password: keep it in a Secret"
@@ -441,7 +442,7 @@ def test_the_redis_url_comes_from_a_secret_in_the_manifests() -> None:
 
 
 def test_the_pod_outlasts_the_services_drain() -> None:
-    from service.supervisor import DRAIN_S
+    from service.process.supervisor import DRAIN_S
 
     pod = kubernetes_object("Deployment")["spec"]["template"]["spec"]
     pre_stop = the_container()["lifecycle"]["preStop"]

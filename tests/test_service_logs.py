@@ -13,7 +13,7 @@ from pathlib import Path
 
 from service_harness import RedisServer, ServiceProcess, call, json_log_records
 
-from service.logs import REQUEST_ID, JsonFormatter, TextFormatter
+from service.core.logs import REQUEST_ID, JsonFormatter, TextFormatter
 
 # Values no log line could contain by chance.
 VALUES = [23.456789012, 21.987654321, 25.112233445]
@@ -66,7 +66,7 @@ def test_every_line_is_json_with_request_ids_and_no_secret_or_reading(
         assert record["route"] == "/v1/streams/{stream}/readings" and record["status"] == status
         assert record["method"] == "POST" and record["duration_ms"] >= 0
         assert record["worker"] in (0, 1)
-    assert any(r["logger"] == "service.supervisor" for r in records)
+    assert any(r["logger"] == "service.process.supervisor" for r in records)
     assert "redis://:***@127.0.0.1" in text  # the URL is logged, redacted
     assert secret not in text
     for value in VALUES:

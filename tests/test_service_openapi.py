@@ -32,9 +32,9 @@ from service_harness import RedisServer, Response, ServiceProcess, call
 from sse_client import SseStream
 
 from service import Settings, create_app
-from service.errors import ServiceError
-from service.model import load_models
-from service.openapi import openapi_document
+from service.api.openapi import openapi_document
+from service.core.errors import ServiceError
+from service.step.model import load_models
 
 LONG = "/v1/models/{model}"
 SHORT = "/v1"
@@ -202,7 +202,7 @@ def test_every_route_is_documented_and_every_documented_route_exists(
     registered = registered_routes(app)
     doc = openapi_document(Settings(), demo_models)
     undocumented, missing = route_mismatches(registered, documented_routes(doc))
-    assert not undocumented, f"routes missing from service/openapi.py: {sorted(undocumented)}"
+    assert not undocumented, f"routes missing from service/api/openapi.py: {sorted(undocumented)}"
     assert not missing, f"documented routes the app does not register: {sorted(missing)}"
     # The check can fail: an added route is caught, and so is a route that disappears.
     app.router.add_post("/v1/models/{model}/streams/{stream}/reset", _never_called)

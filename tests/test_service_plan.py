@@ -8,10 +8,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.errors import ModelVersionMismatch, StaleSeq
-from service.model import ServedModel, load_models
-from service.plan import Applied, Duplicate, Reading, Unit, plan_stream
-from service.record import GUARD_BYTES, StreamState, encode_record, guard_of
+from service.core.errors import ModelVersionMismatch, StaleSeq
+from service.step.model import ServedModel, load_models
+from service.step.plan import Applied, Duplicate, Reading, Unit, plan_stream
+from service.step.record import GUARD_BYTES, StreamState, encode_record, guard_of
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import redis
 from service_harness import ROOT, RedisServer, ServiceProcess, call
 from sse_client import SseStream
 
-from service.settings import OPTIONS, Settings, SettingsError, load_settings, markdown_table
+from service.core.settings import OPTIONS, Settings, SettingsError, load_settings, markdown_table
 
 
 def test_defaults() -> None:
@@ -200,7 +200,7 @@ def test_help_lists_every_option() -> None:
 
 def test_the_readme_configuration_table_is_the_settings_table() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert markdown_table() in readme, "regenerate it with: python -m service.settings"
+    assert markdown_table() in readme, "regenerate it with: python -m service.core.settings"
 
 
 def test_request_limit_above_queue_limit_is_refused() -> None:

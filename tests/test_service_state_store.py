@@ -9,10 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 from service_harness import RedisServer
 
-from service.events import log_append
-from service.metrics import Metrics
-from service.record import encode_record, guard_of
-from service.state_store import LogChunk, LogPolicy, StateStore, Write
+from service.core.metrics import Metrics
+from service.step.events import log_append
+from service.step.record import encode_record, guard_of
+from service.step.state_store import LogChunk, LogPolicy, StateStore, Write
 
 KEEP_ALL = LogPolicy(max_len=1000, max_age_ms=0)
 

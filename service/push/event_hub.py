@@ -27,10 +27,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .errors import Overloaded, RedisUnavailable
-from .events import LiveBatch, decode_message
-from .metrics import Metrics
-from .state_store import StateStore
+from ..core.errors import Overloaded, RedisUnavailable
+from ..core.metrics import Metrics
+from ..step.events import LiveBatch, decode_message
+from ..step.state_store import StateStore
 
 __all__ = ["CLOSED", "RESYNC", "EventHub", "Mailbox", "NewStream", "Subscription"]
 

@@ -14,12 +14,18 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from . import jsonio
-from .errors import InvalidRequest, InvalidStreamId, InvalidValues, PayloadTooLarge, ServiceError
-from .ids import check_stream_id
-from .model import ServedModel
-from .plan import SEQ_MAX, Reading, UnitResult
-from .record import StreamState
+from ..core import jsonio
+from ..core.errors import (
+    InvalidRequest,
+    InvalidStreamId,
+    InvalidValues,
+    PayloadTooLarge,
+    ServiceError,
+)
+from ..core.ids import check_stream_id
+from ..step.model import ServedModel
+from ..step.plan import SEQ_MAX, Reading, UnitResult
+from ..step.record import StreamState
 
 __all__ = [
     "kind",

@@ -17,11 +17,11 @@ import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from . import jsonio
-from .errors import InvalidRequest, InvalidStreamId, InvalidValues, PayloadTooLarge
-from .ids import STREAM_ID
-from .model import ServedModel
-from .plan import SEQ_MAX, Reading, UnitResult
+from ..core import jsonio
+from ..core.errors import InvalidRequest, InvalidStreamId, InvalidValues, PayloadTooLarge
+from ..core.ids import STREAM_ID
+from ..step.model import ServedModel
+from ..step.plan import SEQ_MAX, Reading, UnitResult
 from .wire import kind, parse_body
 
 __all__ = [

@@ -15,11 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ..core.errors import ModelNotFound
+from ..core.model_stats import triton_statistics
+from ..step.model import ServedModel
+from ..step.plan import Unit, UnitResult
 from .app_keys import BATCHER, METRICS, MODELS, SETTINGS, STORE
-from .errors import ModelNotFound
-from .model import ServedModel
-from .model_stats import triton_statistics
-from .plan import Unit, UnitResult
 from .routes_v1 import json_response, read_body
 from .wire_v2 import HEADER_LENGTH, INPUT, OUTPUT, infer_response, parse_infer
 

@@ -16,24 +16,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .access_log import access_log_middleware, echo_request_id
-from .app_keys import BATCHER, HUB, METRICS, MODELS, SETTINGS, STORE
-from .batcher import Batcher
-from .cors import add_cors
+from ..api.access_log import access_log_middleware, echo_request_id
+from ..api.app_keys import BATCHER, HUB, METRICS, MODELS, SETTINGS, STORE
+from ..api.cors import add_cors
+from ..api.openapi import openapi_json
+from ..api.routes_events import add_event_routes
+from ..api.routes_subscriptions import add_subscription_routes
+from ..api.routes_v1 import add_routes, json_response
+from ..api.routes_v2 import V2_PREFIX, add_v2_routes
+from ..api.wire import error_json
+from ..core.errors import ServiceError
+from ..core.metrics import Metrics
+from ..core.settings import Settings
+from ..push.event_hub import EventHub
+from ..step.batcher import Batcher
+from ..step.expiry import ExpiryWatcher
+from ..step.model import ServedModel, load_models
+from ..step.state_store import StateStore
 from .embedded_redis import EmbeddedRedis
-from .errors import ServiceError
-from .event_hub import EventHub
-from .expiry import ExpiryWatcher
-from .metrics import Metrics
-from .model import ServedModel, load_models
-from .openapi import openapi_json
-from .routes_events import add_event_routes
-from .routes_subscriptions import add_subscription_routes
-from .routes_v1 import add_routes, json_response
-from .routes_v2 import V2_PREFIX, add_v2_routes
-from .settings import Settings
-from .state_store import StateStore
-from .wire import error_json
 
 __all__ = ["create_app"]
 

@@ -26,14 +26,14 @@ from typing import NamedTuple, cast
 
 import numpy as np
 
-from .errors import Overloaded, ServiceError
+from ..core.errors import Overloaded, ServiceError
+from ..core.metrics import Metrics
+from ..core.model_stats import Tally
+from ..core.settings import Settings
 from .events import log_append_packed
-from .metrics import Metrics
 from .model import ServedModel
-from .model_stats import Tally
 from .plan import Applied, Duplicate, StreamPlan, Unit, UnitResult, plan_stream
 from .record import StreamState, encode_record_packed
-from .settings import Settings
 from .state_cache import StateCache
 from .state_store import LogPolicy, StateStore, Write
 

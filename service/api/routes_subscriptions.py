@@ -22,13 +22,13 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from ..core.errors import InvalidRequest, ServiceError
+from ..core.ids import check_stream_id
+from ..push.subscriber import Subscriber, TooManyStreams, parse_cursor, parse_prefix
+from ..step.events import Event, EventId, parse_event_id
 from .app_keys import HUB, SETTINGS, STORE
-from .errors import InvalidRequest, ServiceError
-from .events import Event, EventId, parse_event_id
-from .ids import check_stream_id
 from .routes_events import CLOSE_GRACE_S, bound_send_buffer
 from .routes_v1 import model_for
-from .subscriber import Subscriber, TooManyStreams, parse_cursor, parse_prefix
 
 __all__ = ["CONTROL_MAX_BYTES", "add_subscription_routes"]
 

@@ -37,10 +37,10 @@ from typing import Any
 
 from prometheus_client.multiprocess import mark_process_dead
 
+from ..core.logs import configure_logging
+from ..core.settings import Settings
 from .embedded_redis import EmbeddedRedis, EmbeddedRedisError
-from .logs import configure_logging
 from .runner import SHUTDOWN_TIMEOUT_S, run_server
-from .settings import Settings
 
 __all__ = ["DRAIN_S", "Supervisor"]
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..api.app_keys import MODELS
+from ..core.metrics import Metrics
+from ..core.settings import Settings
+from ..step.model import ModelLoadError
 from .app import create_app
-from .app_keys import MODELS
 from .embedded_redis import EmbeddedRedisError
-from .metrics import Metrics
-from .model import ModelLoadError
-from .settings import Settings
 
 __all__ = ["SHUTDOWN_TIMEOUT_S", "event_loop_factory", "run_server", "serve"]
 

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from ..core.logs import REQUEST_ID
 from .app_keys import SETTINGS
-from .logs import REQUEST_ID
 
 __all__ = ["access_log_middleware", "echo_request_id"]
 

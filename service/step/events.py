@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidRequest
+from ..core.errors import InvalidRequest
 from .state_store import LogAppend
 
 __all__ = [

@@ -14,13 +14,19 @@ from typing import Any
 
 from aiohttp import web
 
-from . import jsonio
+from ..core import jsonio
+from ..core.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    ServiceError,
+    StreamNotFound,
+)
+from ..core.ids import check_stream_id
+from ..step.model import ServedModel
+from ..step.plan import Ticket, Unit, UnitResult
+from ..step.record import StreamState
 from .app_keys import BATCHER, MODELS, SETTINGS, STORE
-from .errors import InvalidRequest, ModelNotFound, PayloadTooLarge, ServiceError, StreamNotFound
-from .ids import check_stream_id
-from .model import ServedModel
-from .plan import Ticket, Unit, UnitResult
-from .record import StreamState
 from .wire import (
     error_json,
     parse_body,

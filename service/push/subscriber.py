@@ -26,12 +26,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from .errors import InvalidRequest, ServiceError
+from ..core.errors import InvalidRequest, ServiceError
+from ..core.ids import STREAM_ID
+from ..core.settings import Settings
+from ..step.events import Event, EventId, LiveBatch, events_from_log, format_id, parse_event_id
+from ..step.state_store import LogChunk, StateStore
 from .event_hub import CLOSED, REDISCOVER, RESYNC, EventHub, NewStream, Subscription
-from .events import Event, EventId, LiveBatch, events_from_log, format_id, parse_event_id
-from .ids import STREAM_ID
-from .settings import Settings
-from .state_store import LogChunk, StateStore
 
 __all__ = [
     "START",

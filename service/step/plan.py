@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import ModelVersionMismatch, ServiceError, StaleSeq
+from ..core.errors import ModelVersionMismatch, ServiceError, StaleSeq
 from .model import ServedModel
 from .record import StreamState
 

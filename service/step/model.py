@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 __all__ = ["DEMO_MODEL_DIR", "ModelLoadError", "ServedModel", "load_models"]
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "demo_model"
 
 # Same rule as the exporter's model names: they appear in URLs and Redis keys.
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")

@@ -20,14 +20,14 @@ from typing import Any
 
 from aiohttp import web
 
+from ..core.ids import STREAM_ID
+from ..core.model_stats import PHASES
+from ..core.settings import Settings
+from ..step.model import ServedModel
+from ..step.plan import SEQ_MAX
 from .app_keys import MODELS, SETTINGS
-from .ids import STREAM_ID
-from .model import ServedModel
-from .model_stats import PHASES
-from .plan import SEQ_MAX
 from .routes_v1 import json_response
 from .routes_v2 import EXTENSIONS, V2_PREFIX, VERSION
-from .settings import Settings
 from .wire_v2 import HEADER_LENGTH, INPUT, OUTPUT, SEQUENCE_ID_MAX
 
 __all__ = ["openapi_document", "openapi_json"]

@@ -28,15 +28,15 @@ from typing import Any
 
 from aiohttp import web
 
+from ..core.errors import InvalidRequest, ServiceError
+from ..core.ids import check_stream_id
+from ..core.settings import Settings
+from ..push.event_hub import CLOSED, RESYNC, Subscription
+from ..push.subscriber import gap_body
+from ..step.events import Event, EventId, LiveBatch, events_from_log, format_id, parse_event_id
+from ..step.state_store import LogChunk
 from .app_keys import HUB, SETTINGS, STORE
-from .errors import InvalidRequest, ServiceError
-from .event_hub import CLOSED, RESYNC, Subscription
-from .events import Event, EventId, LiveBatch, events_from_log, format_id, parse_event_id
-from .ids import check_stream_id
 from .routes_v1 import model_for
-from .settings import Settings
-from .state_store import LogChunk
-from .subscriber import gap_body
 
 __all__ = ["CLOSE_GRACE_S", "add_event_routes", "bound_send_buffer"]
 

@@ -29,8 +29,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from .errors import RedisUnavailable
-from .metrics import Metrics
+from ..core.errors import RedisUnavailable
+from ..core.metrics import Metrics
 
 __all__ = [
     "COMMIT_SCRIPT",

@@ -31,7 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from .metrics import Metrics
+from ..core.metrics import Metrics
 
 __all__ = ["ExpiryWatcher", "with_expired_flags"]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .batcher import Batcher
-from .event_hub import EventHub
-from .metrics import Metrics
-from .model import ServedModel
-from .settings import Settings
-from .state_store import StateStore
+from ..core.metrics import Metrics
+from ..core.settings import Settings
+from ..push.event_hub import EventHub
+from ..step.batcher import Batcher
+from ..step.model import ServedModel
+from ..step.state_store import StateStore
 
 __all__ = ["BATCHER", "HUB", "METRICS", "MODELS", "SETTINGS", "STORE"]
 

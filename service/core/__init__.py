@@ -1,0 +1,8 @@
+"""The foundation: what every other layer may import, and which imports no other layer.
+
+Owns the settings (one frozen dataclass), the error tree and its wire form, every Prometheus
+metric (and Triton's per-model statistics, which are metrics read back), log records, JSON in and
+out, and identifiers such as the stream id pattern.
+
+May import: the standard library and third-party packages only; nothing else of ``service``.
+"""
