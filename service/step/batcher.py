@@ -30,6 +30,7 @@ from ..core.errors import Overloaded, ServiceError
 from ..core.metrics import Metrics
 from ..core.model_stats import Tally
 from ..core.settings import Settings
+from .columns import Columns, columns_of, shape_of, simple
 from .events import log_append_packed
 from .model import ServedModel
 from .plan import Applied, Duplicate, StreamPlan, Unit, UnitResult, plan_stream
@@ -252,20 +253,34 @@ class Batcher:
             key = self.store.state_key(name, unit.stream)
             groups.setdefault(key, []).append(unit)
         # Streams whose last record this process wrote are planned from it (state_cache.py);
-        # the others, and any whose plan would answer without writing, are read first.
+        # the others, and any whose plan would answer without writing, are read first. Simple
+        # streams (columns.py) are planned as columns, the rest one by one (plan.py).
         plans: list[StreamPlan] = []
         unread: list[str] = []
         from_cache: set[str] = set()
         cache = self._cache
+        Bucket = tuple[str, tuple[int, ...]]  # a model, and the reading counts of a stream's units
+        simple_cached: dict[Bucket, list[tuple[str, bytes | None]]] = {}
         for key, units in groups.items():
             cached = cache.get(key) if cache is not None else None
             if cached is not None:
+                if simple(units):
+                    bucket = (units[0].model.name, shape_of(units))
+                    simple_cached.setdefault(bucket, []).append((key, cached))
+                    continue
                 plan = self._plan(key, units, cached)
                 if all(type(o) is Applied for o in plan.outcomes):
                     plans.append(plan)
                     from_cache.add(key)
                     continue
             unread.append(key)
+        parts: dict[Bucket, list[Columns]] = {}
+        for bucket, entries in simple_cached.items():
+            cols, left = self._columns(bucket[1], entries, groups)
+            if cols is not None:
+                parts.setdefault(bucket, []).append(cols)
+                from_cache.update(cols.keys)
+            unread += [entries[i][0] for i in left]
         if unread:
             self._cache_results["miss"].inc(len(unread))
             try:
@@ -274,8 +289,22 @@ class Batcher:
                 self._fail(batch, exc, tallies)
                 self._record_stats(tallies, started, None)
                 return
+            simple_read: dict[Bucket, list[tuple[str, bytes | None]]] = {}
             for key, raw in zip(unread, raws, strict=True):
-                plans.append(self._plan(key, groups[key], raw))
+                units = groups[key]
+                if simple(units):
+                    bucket = (units[0].model.name, shape_of(units))
+                    simple_read.setdefault(bucket, []).append((key, raw))
+                else:
+                    plans.append(self._plan(key, units, raw))
+            for bucket, entries in simple_read.items():
+                cols, left = self._columns(bucket[1], entries, groups)
+                if cols is not None:
+                    parts.setdefault(bucket, []).append(cols)
+                for i in left:
+                    key, raw = entries[i]
+                    plans.append(self._plan(key, groups[key], raw))
+        columns = [Columns.merged(p) for p in parts.values()]
 
         # A stream with nothing to write (only retries, stale seqs or refusals) is answered from
         # the state just read; its answer does not wait for the other streams' write.
@@ -295,25 +324,32 @@ class Batcher:
         counts.clear()
         inferring = time.perf_counter()
         outputs = await self._infer(writing, tallies)
+        column_outputs = [
+            await self._infer_columns(cols, tallies[cols.model.name]) for cols in columns
+        ]
         inferred = time.perf_counter()
         now = time.time()
         now_ms = int(now * 1000)
         writes = [self._record(plan, outputs[id(plan)], now, now_ms) for plan in writing]
+        for cols, out in zip(columns, column_outputs, strict=True):
+            writes += self._column_writes(cols, out, now, now_ms)
         try:
             written = await self.store.commit_many(
                 writes, self.settings.state_ttl_ms, self._log_policy, now_ms
             )
         except ServiceError as exc:
             if cache is not None:
-                for plan in writing:  # whether the write landed is unknown
-                    cache.drop(plan.key)
+                for write in writes:  # whether the write landed is unknown
+                    cache.drop(write.keys.state)
             self._fail([u for p in writing for u in p.units], exc, tallies)
+            for cols in columns:
+                self._fail([u for stream in cols.units for u in stream], exc, tallies)
             self._requeue(deferred + [u for p in writing for u in p.deferred], contended=False)
             self._record_stats(tallies, started, (inferring, inferred))
             return
 
         hits = stale = 0
-        for plan, write, outcome in zip(writing, writes, written, strict=True):
+        for plan, write, outcome in zip(writing, writes, written, strict=False):
             if outcome is True:
                 if cache is not None:
                     cache.put(plan.key, write.record)
@@ -337,6 +373,33 @@ class Batcher:
                     self.metrics.cas_conflicts.inc()
                 conflicts.extend(plan.units)
             deferred.extend(plan.deferred)
+        at = len(writing)
+        for cols, out in zip(columns, column_outputs, strict=True):
+            answered: list[int] = []
+            for i, key in enumerate(cols.keys):
+                outcome = written[at + i]
+                if outcome is True:
+                    if cache is not None:
+                        cache.put(key, writes[at + i].record)
+                    answered.append(i)
+                    if key in from_cache:
+                        hits += 1
+                    continue
+                if cache is not None:
+                    cache.drop(key)
+                units = cols.units[i]
+                if isinstance(outcome, ServiceError):
+                    self._fail(units, outcome, tallies)
+                    continue
+                if outcome is not False:
+                    self._last_generation = max(self._last_generation, outcome)
+                if key in from_cache:
+                    stale += 1
+                else:
+                    self.metrics.cas_conflicts.inc()
+                conflicts.extend(units)
+            at += len(cols)
+            self._answer_columns(cols, out[0], answered, counts, tallies)
         if hits:
             self._cache_results["hit"].inc(hits)
         if stale:
@@ -345,6 +408,22 @@ class Batcher:
         self._requeue(deferred, contended=False)
         self._requeue(conflicts)
         self._record_stats(tallies, started, (inferring, inferred))
+
+    def _columns(
+        self,
+        shape: tuple[int, ...],
+        entries: list[tuple[str, bytes | None]],
+        groups: dict[str, list[Unit]],
+    ) -> tuple[Columns | None, list[int]]:
+        units = [groups[key] for key, _ in entries]
+        return columns_of(
+            units[0][0].model,
+            shape,
+            [key for key, _ in entries],
+            units,
+            [raw for _, raw in entries],
+            self._new_generation,
+        )
 
     def _plan(self, key: str, units: list[Unit], raw: bytes | None) -> StreamPlan:
         model = units[0].model
@@ -411,19 +490,8 @@ class Batcher:
         x = np.ascontiguousarray(x64.transpose(1, 0, 2), np.float32)
         h0 = np.stack([p.h0 for p in group], axis=1)
         c0 = np.stack([p.c0 for p in group], axis=1)
-        start = time.perf_counter()
-        if _INFER_IN_EXECUTOR:
-            y, hn, cn = await asyncio.get_running_loop().run_in_executor(
-                None, model.step, x, h0, c0, lengths
-            )
-        else:
-            y, hn, cn = model.step(x, h0, c0, lengths)
-        took = time.perf_counter() - start
-        self.metrics.inference_seconds.labels(model.name).observe(took)
         requests = sum(len(p.units) for p in group)
-        tally.inferred += requests
-        tally.infer_s += requests * took
-        tally.executions.append((len(group), took))
+        y, hn, cn = await self._run_model(model, x, h0, c0, lengths, requests, tally)
         y_rows = np.ascontiguousarray(y.transpose(1, 0, 2))  # [B, steps, outputs]
         h_all = np.ascontiguousarray(hn.transpose(1, 0, 2)).tobytes()
         c_all = np.ascontiguousarray(cn.transpose(1, 0, 2)).tobytes()
@@ -443,6 +511,115 @@ class Batcher:
                 c_all[at_s : at_s + state_size],
             )
         return out
+
+    async def _run_model(
+        self,
+        model: ServedModel,
+        x: np.ndarray,
+        h0: np.ndarray,
+        c0: np.ndarray,
+        lengths: np.ndarray,
+        requests: int,
+        tally: Tally,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One model call, timed into the metrics and the model's statistics."""
+        start = time.perf_counter()
+        if _INFER_IN_EXECUTOR:
+            y, hn, cn = await asyncio.get_running_loop().run_in_executor(
+                None, model.step, x, h0, c0, lengths
+            )
+        else:
+            y, hn, cn = model.step(x, h0, c0, lengths)
+        took = time.perf_counter() - start
+        self.metrics.inference_seconds.labels(model.name).observe(took)
+        tally.inferred += requests
+        tally.infer_s += requests * took
+        tally.executions.append((len(lengths), took))
+        return y, hn, cn
+
+    async def _infer_columns(
+        self, cols: Columns, tally: Tally
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The columns' one model call (every row has the same length): ``y [steps, B,
+        outputs]``, ``hn``/``cn [layers, B, hidden]``."""
+        x = np.ascontiguousarray(cols.x64.transpose(1, 0, 2), np.float32)
+        lengths = np.full(len(cols), cols.steps, np.int32)
+        return await self._run_model(cols.model, x, cols.h0, cols.c0, lengths, len(cols), tally)
+
+    def _column_writes(
+        self,
+        cols: Columns,
+        out: tuple[np.ndarray, np.ndarray, np.ndarray],
+        now: float,
+        now_ms: int,
+    ) -> list[Write]:
+        """Every stream's write of the columns: records cut out of one buffer, events out of
+        the whole columns' arrays."""
+        y, hn, cn = out
+        buffer, size = cols.records(now, y, hn, cn)
+        model = cols.model
+        steps, n_in, n_out = cols.steps, model.input_size, model.output_size
+        x_all = cols.x64.tobytes()
+        y_all = np.ascontiguousarray(y.transpose(1, 0, 2)).tobytes()
+        x_stride, y_stride = 8 * steps * n_in, 4 * steps * n_out
+        seqs = cols.seqs.tolist()
+        generations = cols.generation.tolist()
+        lasts = cols.last.tolist()
+        stream_keys = self.store.stream_keys
+        writes = []
+        for i, units in enumerate(cols.units):
+            guard = cols.guards[i]
+            generation = generations[i]
+            events = log_append_packed(
+                model.version,
+                generation,
+                seqs[i],
+                x_all[i * x_stride : (i + 1) * x_stride],
+                y_all[i * y_stride : (i + 1) * y_stride],
+                [r.ts for u in units for r in u.readings],
+                (generation, lasts[i]) if guard else None,
+                now_ms,
+            )
+            writes.append(
+                Write(
+                    stream_keys(model.name, units[0].stream),
+                    guard,
+                    buffer[i * size : (i + 1) * size],
+                    events,
+                )
+            )
+        return writes
+
+    def _answer_columns(
+        self,
+        cols: Columns,
+        y: np.ndarray,
+        answered: list[int],
+        counts: Counter[str],
+        tallies: dict[str, Tally],
+    ) -> None:
+        """Resolve the columns' units whose write happened (``answered``: their indices)."""
+        if not answered:
+            return
+        rows = y.transpose(1, 0, 2).tolist()  # [B][steps][outputs], as Python floats
+        seqs = cols.seqs.tolist()
+        generations = cols.generation.tolist()
+        streams = cols.units
+        since = 0.0
+        for i in answered:
+            generation, stream_seqs, stream_rows = generations[i], seqs[i], rows[i]
+            at = 0
+            for unit in streams[i]:
+                n = len(unit.readings)
+                since += unit.enqueued_at
+                results = list(zip(stream_seqs[at : at + n], stream_rows[at : at + n], strict=True))
+                _resolve(unit, UnitResult(generation, results, False))
+                at += n
+        answered_units = len(answered) * len(cols.shape)
+        counts["applied"] += len(answered) * cols.steps
+        tally = tallies[cols.model.name]
+        tally.success += answered_units
+        tally.success_s += answered_units * time.perf_counter() - since
 
     def _record(self, plan: StreamPlan, output: Output, now: float, now_ms: int) -> Write:
         last = plan.last_applied

@@ -29,7 +29,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["GUARD_BYTES", "StreamState", "encode_record", "encode_record_packed", "guard_of"]
+__all__ = [
+    "GUARD_BYTES",
+    "StreamState",
+    "encode_record",
+    "encode_record_packed",
+    "guard_of",
+    "head_dtype",
+    "record_dtype",
+]
 
 _HEAD = struct.Struct("<QQdIHB")
 _SEQ = struct.Struct("<Q")
@@ -127,6 +135,37 @@ def encode_record_packed(
 def _results_dtype(outputs: int) -> np.dtype:
     """One held result: its seq and its prediction, packed (8 + 4 * outputs bytes)."""
     return np.dtype([("seq", "<u8"), ("prediction", "<f4", (outputs,))])
+
+
+@functools.cache
+def head_dtype(version_len: int, state_shape: tuple[int, int]) -> np.dtype:
+    """A record's fields up to the end of ``c``, as one NumPy record (the layout above), so that
+    a batch decodes many streams' heads from one buffer (``columns.py``)."""
+    return np.dtype(
+        [
+            ("generation", "<u8"),
+            ("seq", "<u8"),
+            ("updated_at", "<f8"),
+            ("state_nbytes", "<u4"),
+            ("n_results", "<u2"),
+            ("version_len", "u1"),
+            ("version", f"S{version_len}"),
+            ("h", "<f4", state_shape),
+            ("c", "<f4", state_shape),
+        ]
+    )
+
+
+@functools.cache
+def record_dtype(
+    version_len: int, state_shape: tuple[int, int], outputs: int, n_results: int
+) -> np.dtype:
+    """A whole record holding ``n_results`` results, as one NumPy record: a batch encodes many
+    streams' records into one buffer and cuts it (``columns.py``)."""
+    head = head_dtype(version_len, state_shape)
+    assert head.fields is not None  # a record type has fields
+    fields = [(name, spec[0]) for name, spec in head.fields.items()]
+    return np.dtype([*fields, ("held", _results_dtype(outputs), (n_results,))])
 
 
 def guard_of(generation: int, seq: int) -> bytes:
