@@ -92,11 +92,12 @@ async def post_readings(request: web.Request) -> web.Response:
     request.app[BATCHER].check_room()
     data = await _body(request)
     readings = parse_stream_readings(data, model, request.app[SETTINGS].request_max_readings)
-    unit = Unit(model, stream, readings, asyncio.get_running_loop().create_future())
+    future: asyncio.Future[UnitResult] = asyncio.get_running_loop().create_future()
+    unit = Unit(model, stream, readings, future)
     request.app[BATCHER].submit([unit])
     # shield: if the client goes away, the queued step still happens (answered into the void), and
     # a retry with the same seq gets its stored result. Raises the unit's ServiceError, if any.
-    result: UnitResult = await asyncio.shield(unit.future)
+    result = await asyncio.shield(future)
     body = {"model": model.name, "model_version": model.version, "stream": stream}
     body.update(unit_json(result))
     return json_response(body)
@@ -122,7 +123,7 @@ async def post_bulk(request: web.Request) -> web.Response:
             slots.append(exc)
             continue
         total += len(readings)
-        slots.append(Unit(model, stream, readings, loop.create_future()))
+        slots.append(Unit(model, stream, readings, None))
     if total > settings.request_max_readings:
         raise PayloadTooLarge(
             f"the request has {total} readings; the limit per request is "
@@ -145,13 +146,13 @@ async def post_bulk(request: web.Request) -> web.Response:
         if isinstance(slot, ServiceError):
             entry.update(error_json(slot))
         else:
-            failure = slot.future.exception()
-            if failure is None:
-                entry.update(unit_json(slot.future.result()))
-            elif isinstance(failure, ServiceError):
-                entry.update(error_json(failure))
+            outcome = slot.outcome
+            if isinstance(outcome, UnitResult):
+                entry.update(unit_json(outcome))
+            elif isinstance(outcome, ServiceError):
+                entry.update(error_json(outcome))
             else:
-                raise failure
+                raise outcome or RuntimeError("a unit of a done request has no outcome")
         results.append(entry)
     return json_response({"model": model.name, "model_version": model.version, "results": results})
 

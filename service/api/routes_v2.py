@@ -179,17 +179,11 @@ async def infer(request: web.Request) -> web.Response:
     parsed = parse_infer(
         body, request.headers.get(HEADER_LENGTH), model, settings.request_max_readings
     )
-    unit = Unit(
-        model,
-        parsed.stream,
-        parsed.readings,
-        asyncio.get_running_loop().create_future(),
-        start=parsed.start,
-        end=parsed.end,
-    )
+    future: asyncio.Future[UnitResult] = asyncio.get_running_loop().create_future()
+    unit = Unit(model, parsed.stream, parsed.readings, future, start=parsed.start, end=parsed.end)
     batcher.submit([unit])
     # shielded as in /v1: a client that goes away does not cancel its queued step
-    result: UnitResult = await asyncio.shield(unit.future)
+    result = await asyncio.shield(future)
     answer, json_length = infer_response(model, parsed, result)
     if json_length is None:
         return web.Response(body=answer, content_type="application/json")

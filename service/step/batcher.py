@@ -601,22 +601,31 @@ class Batcher:
         """Resolve the columns' units whose write happened (``answered``: their indices)."""
         if not answered:
             return
+        streams_answered = len(answered)
         rows = y.transpose(1, 0, 2).tolist()  # [B][steps][outputs], as Python floats
         seqs = cols.seqs.tolist()
         generations = cols.generation.tolist()
         streams = cols.units
         since = 0.0
-        for i in answered:
-            generation, stream_seqs, stream_rows = generations[i], seqs[i], rows[i]
-            at = 0
-            for unit in streams[i]:
-                n = len(unit.readings)
+        if cols.shape == (1,):  # one reading of each stream, the commonest case
+            for i in answered:
+                unit = streams[i][0]
                 since += unit.enqueued_at
-                results = list(zip(stream_seqs[at : at + n], stream_rows[at : at + n], strict=True))
-                _resolve(unit, UnitResult(generation, results, False))
-                at += n
-        answered_units = len(answered) * len(cols.shape)
-        counts["applied"] += len(answered) * cols.steps
+                _resolve(unit, UnitResult(generations[i], [(seqs[i][0], rows[i][0])], False))
+        else:
+            for i in answered:
+                generation, stream_seqs, stream_rows = generations[i], seqs[i], rows[i]
+                at = 0
+                for unit in streams[i]:
+                    n = len(unit.readings)
+                    since += unit.enqueued_at
+                    results = list(
+                        zip(stream_seqs[at : at + n], stream_rows[at : at + n], strict=True)
+                    )
+                    _resolve(unit, UnitResult(generation, results, False))
+                    at += n
+        answered_units = streams_answered * len(cols.shape)
+        counts["applied"] += streams_answered * cols.steps
         tally = tallies[cols.model.name]
         tally.success += answered_units
         tally.success_s += answered_units * time.perf_counter() - since
@@ -746,15 +755,14 @@ def _held_prediction(held: np.ndarray | int, y: np.ndarray | None) -> list[float
 
 def _resolve(unit: Unit, result: UnitResult | None = None, error: Exception | None = None) -> None:
     future = unit.future
+    if future is None:  # a bulk request's unit: its outcome is kept, its ticket settled once
+        if unit.outcome is None and unit.ticket is not None:
+            unit.outcome = error if error is not None else result
+            unit.ticket.settle()
+        return
     if future.done():
         return
     if error is not None:
         future.set_exception(error)
-        if unit.ticket is not None:
-            # The request reads it once the ticket is done; marked as retrieved now so that a
-            # request that went away leaves no "exception never retrieved" behind.
-            future.exception()
     elif result is not None:
         future.set_result(result)
-    if unit.ticket is not None:
-        unit.ticket.settle()

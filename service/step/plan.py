@@ -71,17 +71,22 @@ class Unit:
 
     ``start``: the stream begins a new generation from zero state with these readings (v2's
     ``sequence_start``); ``end``: the stream ends after them (``sequence_end``).
+
+    A unit's answer goes to its ``future``, which its request awaits. The units of a bulk request
+    have none: their answers are kept in ``outcome`` (a result or an error) and the request
+    awaits its ``ticket``, which is done once every unit has its outcome.
     """
 
     model: ServedModel
     stream: str
     readings: list[Reading]
-    future: asyncio.Future[UnitResult]
+    future: asyncio.Future[UnitResult] | None
     enqueued_at: float = field(default_factory=time.perf_counter)
     attempts: int = 0
     ticket: Ticket | None = None
     start: bool = False
     end: bool = False
+    outcome: UnitResult | Exception | None = None
 
 
 # How a unit ends once the batch's inference has run: its readings' indices into the plan's steps,
