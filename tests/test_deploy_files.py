@@ -296,6 +296,28 @@ def test_prometheus_scrapes_the_service_where_it_listens() -> None:
     assert prometheus["depends_on"][host]["condition"] == "service_healthy"
 
 
+RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
+
+
+def rules_scrape_job() -> str:
+    """The scrape job the rules find the service's targets by (``up{job="..."}``)."""
+    jobs = set(re.findall(r'up\{job="([^"]+)"\}', RULES.read_text()))
+    assert len(jobs) == 1, jobs
+    return jobs.pop()
+
+
+def test_prometheus_loads_the_alert_rules_for_the_job_it_scrapes() -> None:
+    prometheus = compose()["services"]["prometheus"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
+    config = yaml.safe_load((COMPOSE.parent / mounts["/etc/prometheus/prometheus.yml"]).read_text())
+    (rule_file,) = config["rule_files"]
+    in_container = str(Path("/etc/prometheus") / rule_file)  # relative to the config's folder
+    assert (COMPOSE.parent / mounts[in_container]).resolve() == RULES
+    assert [v for v in prometheus["volumes"] if v.split(":")[1] == in_container][0].endswith(":ro")
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == rules_scrape_job()
+
+
 # -- Kubernetes ------------------------------------------------------------------------------------
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -370,9 +392,9 @@ def test_every_kubernetes_manifest_parses_into_named_objects() -> None:
         assert isinstance(name, str) and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
         assert "namespace" not in obj["metadata"], "applied to the namespace the operator picks"
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == ["Deployment", "Secret", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "Secret", "Service"]
     apis = {o["kind"]: o["apiVersion"] for o in objects}
-    assert apis == {"Deployment": "apps/v1", "Secret": "v1", "Service": "v1"}
+    assert apis == {"ConfigMap": "v1", "Deployment": "apps/v1", "Secret": "v1", "Service": "v1"}
 
 
 def test_the_deployment_listens_probes_and_is_reached_on_one_port() -> None:
@@ -439,6 +461,16 @@ def test_the_redis_url_comes_from_a_secret_in_the_manifests() -> None:
     (redis_url,) = [opt for opt in OPTIONS if opt.env == "REDIS_URL"]
     redis_url.parse(plain[ref["key"]])  # even the placeholder has the shape the service needs
     assert "CHANGE-ME" in plain[ref["key"]], "the example must not look like a real password"
+
+
+def test_the_rules_configmap_holds_the_rules_file_verbatim() -> None:
+    configmap = kubernetes_object("ConfigMap")
+    assert configmap["metadata"]["name"] == "lstm-serve-prometheus-rules"
+    (text,) = configmap["data"].values()
+    assert text == RULES.read_text(), (
+        "deploy/kubernetes/prometheus-rules.yaml differs from deploy/prometheus/alerts.yml: "
+        "copy the rules file into the ConfigMap again"
+    )
 
 
 def test_the_pod_outlasts_the_services_drain() -> None:
@@ -566,6 +598,21 @@ def test_every_metric_the_dashboard_queries_is_one_the_service_exports(
             used.add(re.sub(r"_total$", "", base))
     # And the other way round: nothing the service exports is missing from the dashboard.
     assert metrics <= used, f"not on the dashboard: {sorted(metrics - used)}"
+
+
+def test_every_recorded_series_the_dashboard_queries_is_one_the_rules_record() -> None:
+    rules = yaml.safe_load(RULES.read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    queried: set[str] = set()
+    for expr in dashboard_expressions():
+        queried |= set(re.findall(r"lstm:[a-z0-9_]+:[a-z0-9_]+", expr))
+    assert queried, "the dashboard shows the objective, recorded by the rules"
+    assert queried <= recorded, sorted(queried - recorded)
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    for expr in dashboard_expressions():
+        if "ALERTS" in expr:
+            pattern = re.search(r'alertname=~"([^"]+)"', expr)
+            assert pattern and all(re.fullmatch(pattern.group(1), a) for a in alerts), expr
 
 
 def test_grafana_reads_the_composes_prometheus_and_loads_the_dashboard() -> None:
