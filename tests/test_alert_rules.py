@@ -12,12 +12,12 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from service_harness import ROOT
+from prometheus_client.parser import text_string_to_metric_families
+from service_harness import ROOT, ServiceProcess, call
 
 RULES_DIR = ROOT / "deploy" / "prometheus"
 RULES = RULES_DIR / "alerts.yml"
@@ -111,6 +111,30 @@ def test_every_alert_has_a_severity_a_summary_and_a_runbook_section() -> None:
         assert annotations.get("runbook_url") == f"README.md#{name.lower()}", name
         assert name.lower() in anchors, f"the README has no runbook section {name}"
         assert set(annotations) == {"summary", "runbook_url"}, name
+
+
+def rule_expressions() -> list[str]:
+    return [str(rule["expr"]) for group in rule_groups() for rule in group["rules"]]
+
+
+def test_every_metric_the_rules_use_is_one_the_service_exports(service: ServiceProcess) -> None:
+    answer = call("GET", service.url + "/metrics")
+    assert answer.status == 200
+    families = {f.name: f.type for f in text_string_to_metric_families(answer.body)}
+    exported = {name: kind for name, kind in families.items() if name.startswith("lstm_")}
+    exported |= {f"{name}_total": kind for name, kind in exported.items() if kind == "counter"}
+    used = set()
+    for expr in rule_expressions():
+        for name in re.findall(r"(?<![:\w])lstm_[a-z_]+", expr):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert base in exported, f"{name} in {expr!r} is not a metric the service exports"
+            if name != base:
+                assert exported[base] == "histogram", f"{name}: {base} is no histogram"
+            elif exported[base] == "counter":
+                # A counter only makes sense through rate() or increase().
+                assert re.search(rf"(rate|increase)\({name}[{{\[]", expr), expr
+            used.add(base)
+    assert {"lstm_redis_up", "lstm_http_errors_total", "lstm_worker_restarts_total"} <= used
 
 
 def test_every_recorded_name_is_a_level_colon_name_recorded_once() -> None:

@@ -313,7 +313,8 @@ def test_prometheus_loads_the_alert_rules_for_the_job_it_scrapes() -> None:
     (rule_file,) = config["rule_files"]
     in_container = str(Path("/etc/prometheus") / rule_file)  # relative to the config's folder
     assert (COMPOSE.parent / mounts[in_container]).resolve() == RULES
-    assert [v for v in prometheus["volumes"] if v.split(":")[1] == in_container][0].endswith(":ro")
+    (volume,) = [v for v in prometheus["volumes"] if v.split(":")[1] == in_container]
+    assert volume.endswith(":ro")
     (job,) = config["scrape_configs"]
     assert job["job_name"] == rules_scrape_job()
 

@@ -14,7 +14,7 @@ import aiohttp
 import numpy as np
 import pytest
 from conftest import DEMO_WEIGHTS_DIR, DemoReference, sea_temperatures
-from service_harness import RedisServer, ServiceProcess, call
+from service_harness import RedisServer, ServiceProcess, call, metric, scrape_metrics
 
 from model_export import Scaling, export
 
@@ -90,6 +90,8 @@ def test_redis_killed_mid_run_answers_503_then_recovers_with_no_half_step(
         redis.kill()
         await asyncio.sleep(0.8)  # clients keep posting into the outage
         seen_while_down["readyz"] = call("GET", service.url + "/readyz").status
+        samples = await asyncio.to_thread(scrape_metrics, service.url)
+        seen_while_down["redis_up"] = int(metric(samples, "lstm_redis_up"))
         await asyncio.to_thread(redis.start)  # same port, same append-only file
 
     async def main() -> None:
@@ -100,14 +102,20 @@ def test_redis_killed_mid_run_answers_503_then_recovers_with_no_half_step(
     assert {u["code"] for u in feeder.unavailable} == {"redis_unavailable"}
     assert all(u.get("Retry-After") == "1" for u in feeder.unavailable)
     assert seen_while_down["readyz"] == 503
+    assert seen_while_down["redis_up"] == 0  # the scrape's own PING says so
     assert call("GET", service.url + "/readyz").status == 200  # recovered without a restart
     # Every stream reached its last seq and every prediction (first answers and retries alike)
     # is the reference's: no step was lost, doubled or half-applied.
     feeder.check(demo_reference)
     for stream in feeder.streams:
         assert call("GET", f"{service.url}/v1/streams/{stream}").body["seq"] == 60
-    metrics = call("GET", service.url + "/metrics").body
-    assert 'lstm_redis_errors_total{operation="load"}' in metrics
+    samples = scrape_metrics(service.url)
+    assert metric(samples, "lstm_redis_errors_total", operation="load") > 0
+    assert metric(samples, "lstm_redis_up") == 1
+    # Every 503 redis_unavailable is counted by its code: the clients' and the /readyz above.
+    assert metric(samples, "lstm_http_errors_total", code="redis_unavailable") == (
+        len(feeder.unavailable) + 1
+    )
 
 
 @pytest.mark.slow
@@ -235,6 +243,8 @@ def test_a_full_queue_answers_503_overloaded_and_applies_only_what_it_answered(
     answers = asyncio.run(flood())
     statuses = [status for status, _, _ in answers]
     assert set(statuses) == {200, 503}, set(statuses)
+    samples = scrape_metrics(service.url)
+    assert metric(samples, "lstm_http_errors_total", code="overloaded") == statuses.count(503)
     for k, (status, headers, body) in enumerate(answers):
         state = call("GET", f"{service.url}/v1/streams/{stream_id}-{k}")
         if status == 503:

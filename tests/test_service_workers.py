@@ -162,6 +162,7 @@ def test_a_dead_worker_is_restarted_and_its_counts_are_kept(
         assert call("POST", url, {"values": [24.0], "seq": seq}).status == 200
     pids = _worker_pids(service)
     assert len(pids) == 2
+    assert metric(scrape_metrics(service.url), "lstm_worker_restarts_total") == 0
     os.kill(pids[0], signal.SIGKILL)
     deadline = time.monotonic() + 60
     while len(set(_worker_pids(service)) - set(pids)) < 1:
@@ -177,6 +178,11 @@ def test_a_dead_worker_is_restarted_and_its_counts_are_kept(
     samples = scrape_metrics(service.url)
     assert metric(samples, "lstm_readings_total", outcome="applied") == 40
     assert metric(samples, "lstm_queue_readings") == 0
+    # The new worker counts its restart as it starts (maybe after the readings above).
+    while metric(samples, "lstm_worker_restarts_total") != 1:
+        assert time.monotonic() < deadline, service.log()
+        time.sleep(0.1)
+        samples = scrape_metrics(service.url)
     assert service.stop() == 0
 
 

@@ -19,9 +19,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .errors import ServiceError
 from .model_stats import ModelStats
 
-__all__ = ["LATENCY_BUCKETS_S", "READING_OUTCOMES", "SUBSCRIBER_TRANSPORTS", "Metrics"]
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "READING_OUTCOMES",
+    "REDIS_OPERATIONS",
+    "SUBSCRIBER_TRANSPORTS",
+    "Metrics",
+]
 
 # Sub-millisecond resolution where the service lives, up to the seconds a Redis outage costs.
 LATENCY_BUCKETS_S = (
@@ -47,6 +54,30 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 READING_OUTCOMES = ("applied", "duplicate", "stale", "rejected", "failed")
 SUBSCRIBER_TRANSPORTS = ("sse", "ws")
+# The operations lstm_redis_errors_total and lstm_redis_duration_seconds count: every one is
+# exported from the start, so that a rate over the first errors sees them (a series that appears
+# with its first error would hide that error from rate() and increase()).
+REDIS_OPERATIONS = (
+    "load",
+    "commit",
+    "get",
+    "delete",
+    "ping",
+    "read_log",
+    "connect",
+    "scan",
+    "subscribe",
+)
+
+
+def _error_codes() -> list[str]:
+    """The code of every error the service answers with (the error tree, its root included)."""
+    codes, pending = set(), [ServiceError]
+    while pending:
+        cls = pending.pop()
+        codes.add(cls.code)
+        pending += cls.__subclasses__()
+    return sorted(codes)
 
 
 class Metrics:
@@ -80,6 +111,13 @@ class Metrics:
             "Redis calls that failed, by operation",
             ["operation"],
             registry=r,
+        )
+        self.redis_up = Gauge(
+            "lstm_redis_up",
+            "1 when Redis answered the PING that the scrape of this endpoint made (within "
+            "--redis-timeout-s), else 0",
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.redis_seconds = Histogram(
             "lstm_redis_duration_seconds",
@@ -165,6 +203,20 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.http_errors = Counter(
+            "lstm_http_errors_total",
+            "Requests answered with an error, by the code of its error body (overloaded, "
+            "redis_unavailable, stale_seq, ...; /v2 answers by the same codes). A bulk request's "
+            "per-item errors are not counted.",
+            ["code"],
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "lstm_worker_restarts_total",
+            "Worker processes the supervisor restarted after one died (--workers above 1; "
+            "always 0 in a single process)",
+            registry=r,
+        )
         self.model_stats = ModelStats(r)
         self._request_series: dict[tuple[str, str, int], Histogram] = {}
         for reason in ("too_slow", "shutdown"):
@@ -175,6 +227,10 @@ class Metrics:
             self.readings.labels(outcome)
         for result in ("hit", "stale", "miss"):
             self.state_cache.labels(result)
+        for operation in REDIS_OPERATIONS:
+            self.redis_errors.labels(operation)
+        for code in _error_codes():
+            self.http_errors.labels(code)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """``request_seconds`` for one request; the labelled series are looked up once each

@@ -25,7 +25,7 @@ from ..api.routes_subscriptions import add_subscription_routes
 from ..api.routes_v1 import add_routes, json_response
 from ..api.routes_v2 import V2_PREFIX, add_v2_routes
 from ..api.wire import error_json
-from ..core.errors import ServiceError
+from ..core.errors import RedisUnavailable, ServiceError
 from ..core.metrics import Metrics
 from ..core.settings import Settings
 from ..push.event_hub import EventHub
@@ -63,9 +63,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     ``{"error": "message"}``) and time every request."""
     start = time.perf_counter()
     settings = request.app[SETTINGS]
+    code: str | None = None  # the error answered, if any
     try:
         response = await handler(request)
     except ServiceError as exc:
+        code = exc.code
         response = _error_response(exc, settings.retry_after_s, _is_v2(request))
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -83,14 +85,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
+        code = "internal_error"
         message = "internal error; see the logs"
-        error = message if _is_v2(request) else {"code": "internal_error", "message": message}
+        error = message if _is_v2(request) else {"code": code, "message": message}
         response = json_response({"error": error}, status=500)
     route = request.match_info.route.resource
     template = route.canonical if route is not None else "unmatched"
-    request.app[METRICS].observe_request(
-        template, request.method, response.status, time.perf_counter() - start
-    )
+    metrics = request.app[METRICS]
+    metrics.observe_request(template, request.method, response.status, time.perf_counter() - start)
+    if code is not None:
+        metrics.http_errors.labels(code).inc()
     return response
 
 
@@ -110,7 +114,16 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = request.app[METRICS].exposition()
+    """The metrics, after a PING of Redis for ``lstm_redis_up``: so the scrape itself says
+    whether Redis answers, with or without traffic (it waits up to --redis-timeout-s for it)."""
+    metrics = request.app[METRICS]
+    try:
+        await request.app[STORE].ping()
+    except RedisUnavailable:
+        metrics.redis_up.set(0)
+    else:
+        metrics.redis_up.set(1)
+    body = metrics.exposition()
     response = web.Response(body=body)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"

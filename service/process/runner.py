@@ -121,11 +121,18 @@ def run_server(
     reuse_port: bool = False,
     on_listening: Callable[[], None] | None = None,
     parent_pid: int | None = None,
+    restarted: bool = False,
 ) -> int:
     """Build the app and serve it; the exit status: 0 after a clean stop, 1 when it could not
-    start (a bad model, no redis-server, the port taken), with one line on stderr saying why."""
+    start (a bad model, no redis-server, the port taken), with one line on stderr saying why.
+    ``restarted``: a supervisor's worker started again after one died, which it counts."""
+    metrics = Metrics(multiprocess_dir=metrics_dir)
+    if restarted:
+        # Each restarted worker counts itself once; a dead worker's counts stay in its files,
+        # so the sum over the workers is every restart since the supervisor started.
+        metrics.worker_restarts.inc()
     try:
-        app = create_app(settings, Metrics(multiprocess_dir=metrics_dir), watch_expiry=watch_expiry)
+        app = create_app(settings, metrics, watch_expiry=watch_expiry)
     except (ModelLoadError, ValueError) as exc:
         print(f"lstm-serve: {exc}", file=sys.stderr)
         return 1

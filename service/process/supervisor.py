@@ -10,7 +10,8 @@ Redis. The supervisor serves nothing itself. It
   exit, unless the operator set one), so any worker's ``/metrics`` shows the sum of all of them,
   and retires each dead worker's live gauges (``mark_process_dead``);
 - forwards SIGTERM and SIGINT to the workers and waits for them to drain;
-- restarts a worker that dies, after a back-off that doubles up to 30 s; a worker that fails
+- restarts a worker that dies, after a back-off that doubles up to 30 s, telling the new worker
+  it is a restart (it counts itself in ``lstm_worker_restarts_total``); a worker that fails
   before it ever listened stops everything instead (a bad model or a taken port would fail again).
 
 Workers are started with ``spawn``: a fork of a process that has imported onnxruntime and
@@ -56,7 +57,12 @@ DRAIN_S = 2 * SHUTDOWN_TIMEOUT_S + 5
 
 
 def _worker_main(
-    settings: Settings, index: int, metrics_dir: str, ready: Connection, parent_pid: int
+    settings: Settings,
+    index: int,
+    metrics_dir: str,
+    ready: Connection,
+    parent_pid: int,
+    restarted: bool,
 ) -> None:
     """A worker process's entry point (started with spawn, so it imports everything afresh)."""
     configure_logging(settings.log_level, settings.log_format, {"worker": index})
@@ -67,6 +73,7 @@ def _worker_main(
         reuse_port=True,
         on_listening=lambda: ready.send(True),
         parent_pid=parent_pid,
+        restarted=restarted,  # counted in lstm_worker_restarts_total
     )
     raise SystemExit(code)
 
@@ -147,7 +154,15 @@ class Supervisor:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(self.settings, index, str(metrics_dir), send, os.getpid()),
+            # A worker index that died before is restarted (see _on_exit).
+            args=(
+                self.settings,
+                index,
+                str(metrics_dir),
+                send,
+                os.getpid(),
+                index in self._failures,
+            ),
             name=f"lstm-serve-worker-{index}",
         )
         process.start()
