@@ -8,15 +8,14 @@ promtool comes with Prometheus (Debian package: prometheus). Without it these te
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from typing import Any
 
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_harness import prometheus_tool
 from service_harness import ROOT, ServiceProcess, call
 
 RULES_DIR = ROOT / "deploy" / "prometheus"
@@ -24,23 +23,6 @@ RULES = RULES_DIR / "alerts.yml"
 RULE_TESTS = RULES_DIR / "alerts_test.yml"
 README = ROOT / "README.md"
 SEVERITIES = {"critical", "warning"}
-
-
-def prometheus_required() -> bool:
-    if os.environ.get("LSTM_TEST_REQUIRE_PROMETHEUS"):
-        return True
-    return os.environ.get("CI", "").lower() not in ("", "0", "false")
-
-
-def prometheus_tool(name: str) -> str:
-    """The path of ``promtool`` or ``prometheus``; skips (or, where required, fails) without."""
-    found = shutil.which(name)
-    if found is None:
-        message = f"{name} is not installed (Debian package: prometheus)"
-        if prometheus_required():
-            raise AssertionError(message)
-        pytest.skip(message)
-    return found
 
 
 def rule_groups() -> list[dict[str, Any]]:
