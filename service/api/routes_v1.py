@@ -9,10 +9,12 @@ the stream's next generation instead.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..core import jsonio
 from ..core.errors import (
@@ -23,6 +25,7 @@ from ..core.errors import (
     StreamNotFound,
 )
 from ..core.ids import check_stream_id
+from ..core.logs import describe_client_fault
 from ..step.model import ServedModel
 from ..step.plan import Ticket, Unit, UnitResult
 from ..step.record import StreamState
@@ -37,6 +40,8 @@ from .wire import (
 )
 
 __all__ = ["add_routes", "default_model_name", "json_response", "model_for", "read_body"]
+
+log = logging.getLogger(__name__)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -74,12 +79,26 @@ def model_for(request: web.Request) -> ServedModel:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The request's body; over ``--body-max-bytes``, PayloadTooLarge."""
+    """The request's body; over ``--body-max-bytes``, PayloadTooLarge. A body that cannot be read
+    (a content encoding that does not decode, broken chunks, the connection lost halfway) is the
+    client's fault: one warning line, and InvalidRequest."""
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].body_max_bytes
         raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes") from None
+    except (RequestPayloadError, ConnectionResetError) as exc:
+        fault = describe_client_fault(exc) or type(exc).__name__
+        route = request.match_info.route.resource
+        template = route.canonical if route is not None else "unmatched"
+        log.warning(
+            "unreadable request body of %s %s from %s: %s",
+            request.method,
+            template,
+            request.remote,
+            fault,
+        )
+        raise InvalidRequest(f"the request body could not be read ({fault})") from None
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
