@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,6 +78,18 @@ def test_the_rules_unit_tests_pass() -> None:
     tested = run_promtool("test", "rules", RULE_TESTS.name)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
+
+
+def test_promtool_accepts_the_compose_prometheus_configuration(tmp_path: Path) -> None:
+    """deploy/prometheus.yml as the compose file's Prometheus reads it, its rule file where the
+    compose file mounts it (here: the repository's)."""
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    config["rule_files"] = [str(RULES)]
+    copy = tmp_path / "prometheus.yml"
+    copy.write_text(yaml.safe_dump(config))
+    checked = run_promtool("check", "config", str(copy))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_every_alert_has_a_severity_a_summary_and_a_runbook_section() -> None:
