@@ -28,6 +28,7 @@ def _write(
     updated_at: float,
     prev: tuple[int, int] | None = None,
     now_ms: int = 1_000,
+    stamps: Sequence[float | str | None] | None = None,
 ) -> Write:
     """Seqs ``seqs`` of ``stream`` applied on top of ``prev`` (None: a new stream)."""
     zeros = bytes(2 * 64 * 4)
@@ -41,7 +42,7 @@ def _write(
         seqs,
         np.arange(n, dtype=np.float64).reshape(n, 1),
         np.full((n, 1), 0.5, np.float32),
-        [None] * n,
+        [None] * n if stamps is None else stamps,
         prev,
         now_ms,
     )
@@ -116,6 +117,10 @@ def test_compare_and_set_writes_the_events_with_the_state(redis_server: RedisSer
     assert _ids(chunk) == ["7-1", "7-2", "7-3"]
     # One entry per write, whose id is the write's last event's, holding the announced body.
     assert _entry_ids(chunk) == ["7-1", "7-3"]
+    # A one-step write's entry holds its event in fields of its own, cut from the same body.
+    zero, half = np.zeros(1, "<f8").tobytes(), np.full(1, 0.5, "<f4").tobytes()
+    one = {b"m": b"v1", b"t": b"1000", b"x": zero, b"y": half, b"r": b""}
+    assert chunk.entries[0][1] == one and list(chunk.entries[0][1]) == list(one)
     fields = chunk.entries[1][1]
     assert list(fields) == [b"e", b"t"] and fields[b"t"] == b"1000"
     assert fields[b"e"] == second.log.message
@@ -226,6 +231,16 @@ def test_reading_after_an_id(redis_server: RedisServer) -> None:
     assert _ids(_log(redis_server, "read", after="3-3"), "3-3") == []
     missing = _log(redis_server, "no-such-stream", after="3-1")
     assert not missing.exists and missing.entries == []
+
+
+def test_reading_timestamps_come_back_from_both_entry_forms(redis_server: RedisServer) -> None:
+    assert _commit(redis_server, [_write("ts", 2, [1], 1.0, stamps=["2026-11"])]) == [True]
+    several = _write("ts", 2, [2, 3, 4], 2.0, prev=(2, 1), stamps=[None, 1.5e9, "x"])
+    assert _commit(redis_server, [several]) == [True]
+    chunk = _log(redis_server, "ts")
+    assert chunk.entries[0][1][b"r"] == b'"2026-11"'
+    got = [json.loads(e.data).get("reading_ts") for e in log_events("m", "ts", chunk, None)]
+    assert got == ["2026-11", None, 1.5e9, "x"]
 
 
 def test_a_read_counts_events_and_returns_whole_entries(redis_server: RedisServer) -> None:

@@ -225,15 +225,16 @@ def log_events(model: str, stream: str, chunk: LogChunk, after: EventId | None) 
                 batch = [e for e in batch if e.id > floor]
             events += batch
             continue
-        event_id = _id_of(entry_id)  # an entry of the first form: one step
+        event_id = _id_of(entry_id)  # a one-step entry: m (or v, an earlier log's), t, x, y, r
         assert event_id is not None
         if floor is not None and event_id <= floor:
             continue
         stamp = fields[b"r"]
+        version = fields[b"m"] if b"m" in fields else fields[b"v"]
         events.append(
             _frame(
                 model,
-                fields[b"v"].decode("ascii"),
+                version.decode("ascii"),
                 stream,
                 event_id,
                 np.frombuffer(fields[b"x"], "<f8").tolist(),

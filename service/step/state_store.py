@@ -50,21 +50,25 @@ __all__ = [
 # events (steps) of the write, and announces them on the stream's shard channel, in the same
 # script call as the state write: no step without its event, no event without its step.
 #
-# An entry's id is its last event's id, "{generation}-{seq}"; its fields are e, the write's events
-# exactly as announced (the live message's body, ``events.log_append_packed``: header, model
-# version, the events' ids, values, predictions and reading ts), and t, the commit time (Unix ms,
-# also in the body, but kept as a field so that a reader of either form finds it in one place).
-# Logs written before this form hold one entry per step with the fields v, t, x, y, r; readers
-# and trimming take both (an entry's first field name tells them apart), so an upgrade finds its
-# old logs whole. Readers expand an entry into its events: one read of an entry whose last id is
-# above a reader's position may start below it, and the reader drops the events at or below.
+# An entry's id is its last event's id, "{generation}-{seq}". Its fields, in three forms:
+# - a write of several steps: e, the write's events exactly as announced (the live message's
+#   body, ``events.log_append_packed``: a header, the model version, then every event's id,
+#   values, prediction and reading ts), and t, the commit time in Unix ms;
+# - a write of one step: m (model version), t, x (values, float64), y (prediction, float32) and
+#   r (the reading's own ts as JSON, or empty), cut by the script from that same body: the
+#   smaller form, as the e form's header and ids would more than double a one-step event;
+# - logs written before entries were per write hold one-step entries v, t, x, y, r (v the model
+#   version); their log's entries-added counts entries ever added, not events (see below).
+# The first field name tells them apart; t is always the second, where the previous version of
+# this script also reads it. Readers expand an entry into its events (``events.log_events``): a
+# read after an id inside an entry returns that entry (its last id is above), and the reader
+# drops the events at or below.
 #
 # Counting and trimming. The bound (ARGV[3]) counts events, not entries. A log's count of the
 # events it holds lives in the log itself, as its entries-added (XINFO STREAM; Redis keeps it for
 # consumer groups, which these logs never have): an XADD adds one, which is right for a write of
 # one step; the script sets it (XSETID ENTRIESADDED) after a write of several steps and after a
-# trim. A log whose oldest entry is of the old form has that counter at its old meaning (entries
-# ever added), so it is counted afresh by reading it, until no such entry is left.
+# trim. While a v entry is at the head, the log is counted afresh by reading it instead.
 # Trimming removes whole entries from the head and, when the bound falls inside an entry, hides
 # that entry's oldest events by raising the log's max-deleted-entry-id to the last event removed:
 # readers drop the events at or below it. So the events a reader can get are exactly the newest
@@ -77,10 +81,11 @@ __all__ = [
 # over it and the write passed such a multiple, or if it is k or more over it; in between, fewer
 # than k events arrive. So after any write a log holds at most bound + k - 1 events, and a busy
 # stream of one-step writes reads the log's state once every k writes and trims then.
-# The age bound is applied at checkpoints too (whole entries: a write's events share their commit
-# time), and on read: LOG_SCRIPT treats the entries at the head older than the reader's cutoff as
-# deleted, so a reader is never sent an event older than the bound however long ago the stream's
-# last checkpoint was. A log expires that long after its last write (PEXPIRE on every write).
+# The age bound is applied at checkpoints (to the entries at the head: whole entries, as a
+# write's events share their commit time), and on read: LOG_SCRIPT treats the entries at the head
+# older than the reader's cutoff as deleted, so a reader is never sent an event older than the
+# bound, however long ago the stream's last checkpoint was. A log expires that long after its
+# last write (PEXPIRE on every write).
 #
 # Shared by COMMIT_SCRIPT and LOG_SCRIPT.
 _LOG_LUA = """
@@ -124,8 +129,8 @@ local function u64(s, at)
     text = string.format('%07d', rem) .. text
   end
 end
--- An entry is {id, {field, value, ...}}: a write's (e, t) or an old one-step entry (v, t, x, y,
--- r). Both have the commit time as their second value.
+-- An entry is {id, {field, value, ...}}: e, t (several steps); m, t, x, y, r (one step); or v,
+-- t, x, y, r (one step, from before entries were per write).
 local function size(entry)
   local fields = entry[2]
   if fields[1] == 'e' then return (struct.unpack('<I4', fields[2], 5)) end
@@ -212,44 +217,74 @@ local function recount(log, deleted)
     start = '(' .. page[#page][1]
   end
 end
+-- The smallest id above `id` (what XTRIM MINID keeps from).
+local function incr(text)
+  local i = #text
+  while i > 0 and string.byte(text, i) == 57 do i = i - 1 end
+  if i == 0 then return '1' .. string.rep('0', #text) end
+  return string.sub(text, 1, i - 1) .. string.char(string.byte(text, i) + 1)
+    .. string.rep('0', #text - i)
+end
+local function above(id)
+  local g, s = id_parts(id)
+  if s == '18446744073709551615' then return incr(g) .. '-0' end
+  return g .. '-' .. incr(s)
+end
 -- The bounds, once a write's entry (id `last`) is the log's newest: `count` events held by the
--- log's counter, `deleted` its max-deleted-entry-id, `head` its first entry (nil when unknown or
--- this write's own). Returns the count and max-deleted id after trimming.
+-- log's counter, `deleted` its max-deleted-entry-id, `head` its first entry (nil: this write's
+-- own). Returns the count and max-deleted id after trimming.
 local function settle(log, last, count, deleted, head, max_len, k, passed, cutoff)
-  if head and head[2][1] ~= 'e' then count = recount(log, deleted) end
+  if head and head[2][1] == 'v' then count = recount(log, deleted) end
   local drop = 0
   if count > max_len and (passed or count >= max_len + k) then drop = count - max_len end
   if drop == 0 and not (head and aged(head, cutoff)) then return count, deleted end
-  local dropped, cut, keep, removed, old = 0, deleted, nil, false, false
-  local start, first = '-', true
-  local want = math.min(100, math.ceil((drop + 1) / (head and size(head) or 1)) + 1)
-  while keep == nil do
-    local page = redis.call('XRANGE', log, start, '+', 'COUNT', want)
-    for _, entry in ipairs(page) do
-      local gone = 0
-      if first then gone = hidden(entry, deleted) end
-      first = false
-      if entry[2][1] ~= 'e' then old = true end
-      local held = size(entry) - gone
-      if entry[1] ~= last and (aged(entry, cutoff) or dropped + held <= drop) then
-        dropped, cut, removed = dropped + held, entry[1], true
-      else
-        local part = math.min(drop - dropped, held - 1)
-        if part > 0 then
-          dropped, cut = dropped + part, nth_id(entry, gone + part)
-        end
-        keep = entry[1]
-        break
-      end
+  -- Walk from the head (known already, unless it is this write's), reading on only as far as
+  -- the cut goes.
+  local page, at, seen, first = {head}, 1, nil, true
+  local dropped, cut, removed, old, per = 0, deleted, nil, false, 1
+  while true do
+    local entry = page[at]
+    if entry == nil then
+      local want = math.min(100, math.ceil((drop - dropped + 1) / per) + 1)
+      page, at = redis.call('XRANGE', log, seen and '(' .. seen or '-', '+', 'COUNT', want), 1
+      entry = page[1]
+      if entry == nil then break end
     end
-    if keep == nil then
-      if #page < want then break end
-      start, want = '(' .. page[#page][1], 100
+    at, seen = at + 1, entry[1]
+    local gone = 0
+    if first then gone = hidden(entry, deleted) end
+    first = false
+    if entry[2][1] == 'v' then old = true end
+    per = size(entry)
+    local held = per - gone
+    local ages = aged(entry, cutoff)
+    if entry[1] ~= last and (ages or dropped + held <= drop) then
+      dropped, cut, removed = dropped + held, entry[1], entry[1]
+      -- the cut is made: what follows stays (an aged entry behind it waits for a checkpoint)
+      if dropped >= drop and not ages then break end
+    else
+      local part = math.min(drop - dropped, held - 1)
+      if part > 0 then
+        dropped, cut = dropped + part, nth_id(entry, gone + part)
+      end
+      break
     end
   end
-  if removed then redis.call('XTRIM', log, 'MINID', keep or last) end
+  if removed then redis.call('XTRIM', log, 'MINID', above(removed)) end
   if old then return recount(log, cut), cut end
   return count - dropped, cut
+end
+-- The fields of a one-step entry (m t x y r), cut from the write's message body.
+local function one_step(message, now)
+  local inputs, outputs = struct.unpack('<I2I2', message)
+  local v_end = 17 + string.byte(message, 17)
+  local x_at = v_end + 17
+  local y_at = x_at + 8 * inputs
+  local r_at = y_at + 4 * outputs
+  local stamp = ''
+  if #message > r_at then stamp = string.sub(message, r_at + 1, -2) end  -- "[ts]"
+  return {'m', string.sub(message, 18, v_end), 't', now, 'x', string.sub(message, x_at, y_at - 1),
+          'y', string.sub(message, y_at, r_at - 1), 'r', stamp}
 end
 
 local state_ttl = tonumber(ARGV[1])
@@ -287,12 +322,14 @@ for i = 1, #KEYS / 2 do
       else
         redis.call('SET', key, record)
       end
-      local added = exists and redis.call('XADD', log, 'NOMKSTREAM', last, 'e', message, 't', now)
+      local fields = {'e', message, 't', now}
+      if n == 1 then fields = one_step(message, now) end
+      local added = exists and redis.call('XADD', log, 'NOMKSTREAM', last, unpack(fields))
       -- count: the events the log holds now, where the write is a checkpoint; counter: what its
       -- entries-added says after the XADD
       local count, counter, deleted, oldest, passed
       if not added then
-        redis.call('XADD', log, last, 'e', message, 't', now)
+        redis.call('XADD', log, last, unpack(fields))
         count, counter, deleted, passed = n, -1, floor, true
       elseif info then
         count, counter = info['entries-added'] + n, info['entries-added'] + 1
