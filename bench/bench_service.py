@@ -341,12 +341,14 @@ def _variant_rounds(
 ) -> dict[tuple[str, str], dict[str, float]]:
     """Each variant (its environment and the checkout it runs from) on every case, a fresh
     service per variant and round, the variants alternating round by round; the median row of
-    each (variant, case)."""
+    each (variant, case). Each variant keeps its streams under a key prefix of its own, so that
+    none meets state or logs another one wrote (another version's log format, or its logs'
+    fill)."""
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
     for _ in range(args.rounds):
-        for name, (extra_env, tree) in variants.items():
+        for index, (name, (extra_env, tree)) in enumerate(variants.items()):
             argv = harness.service_argv(args.workers, *SERVICE_LIMITS)
-            env = {"REDIS_URL": redis.url, **extra_env}
+            env = {"REDIS_URL": redis.url, "LSTM_KEY_PREFIX": f"variant{index}", **extra_env}
             with harness.http_process(argv, work, "service", env, cwd=tree) as service:
                 for case, (script, concurrency, per_request) in cases.items():
                     _warm_up(script, service, work, concurrency)

@@ -389,3 +389,30 @@ def test_a_log_of_one_entry_per_step_is_counted_afresh_at_checkpoints(
         chunk = _log(redis_server, "old-k")
         assert _ids(chunk) == [f"5-{s}" for s in held] and chunk.deleted_id == f"5-{deleted}"
     assert _log_info(redis_server, "old-k")["entries-added"] == 20
+
+
+def test_an_earlier_entry_behind_current_ones_makes_the_log_counted_afresh(
+    redis_server: RedisServer,
+) -> None:
+    """During an upgrade both versions may write a log; the earlier one trims by entries and
+    leaves the counter alone, so it may count too many, and a trim then drops that many too
+    many. A trim that meets an entry of the earlier form counts what is left, so the counter is
+    exact again afterwards."""
+    client = redis_server.client()
+    keys = StateStore("", "t", Metrics(), 1).stream_keys("m", "mixed")
+    assert _commit(redis_server, [_write("mixed", 5, [1, 2], 1.0)]) == [True]
+    _old_entry(client, keys.log, "5-3", 20.0, 900)  # the earlier version's write of seq 3
+    client.set(keys.state, _write("mixed", 5, [3], 1.0, prev=(5, 2)).record)
+    # its trims (not shown) left the counter 6 over the 3 events held
+    client.execute_command("XSETID", keys.log, "5-3", "ENTRIESADDED", 9)
+    policy = LogPolicy(max_len=3, max_age_ms=0)
+    write = _write("mixed", 5, [4, 5], 2.0, prev=(5, 3))
+    assert _commit(redis_server, [write], policy=policy) == [True]
+    chunk = _log(redis_server, "mixed")  # 11 counted, 8 dropped: 5-4 hidden in its entry
+    assert _ids(chunk) == ["5-5"] and chunk.deleted_id == "5-4"
+    assert _log_info(redis_server, "mixed")["entries-added"] == 1
+    write = _write("mixed", 5, [6, 7, 8], 3.0, prev=(5, 5))
+    assert _commit(redis_server, [write], policy=policy) == [True]
+    chunk = _log(redis_server, "mixed")
+    assert _ids(chunk) == ["5-6", "5-7", "5-8"] and chunk.deleted_id == "5-5"
+    assert _log_info(redis_server, "mixed")["entries-added"] == 3

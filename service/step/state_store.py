@@ -68,7 +68,8 @@ __all__ = [
 # events it holds lives in the log itself, as its entries-added (XINFO STREAM; Redis keeps it for
 # consumer groups, which these logs never have): an XADD adds one, which is right for a write of
 # one step; the script sets it (XSETID ENTRIESADDED) after a write of several steps and after a
-# trim. While a v entry is at the head, the log is counted afresh by reading it instead.
+# trim. While a v entry is at the head, a checkpoint counts the log by reading it instead (once
+# per checkpoint, and only until the entries of before the upgrade have left the log).
 # Trimming removes whole entries from the head and, when the bound falls inside an entry, hides
 # that entry's oldest events by raising the log's max-deleted-entry-id to the last event removed:
 # readers drop the events at or below it. So the events a reader can get are exactly the newest
@@ -205,17 +206,20 @@ local function passes(prev, last, k)
   local _, to = id_parts(last)
   return quotient(from, k) ~= quotient(to, k)
 end
-local function recount(log, deleted)
-  local total, start = 0, '-'
+-- Every entry of the log, oldest first, and the events it holds.
+local function read_all(log, deleted)
+  local all, total, start = {}, 0, '-'
   while true do
     local page = redis.call('XRANGE', log, start, '+', 'COUNT', 100)
-    for j, entry in ipairs(page) do
+    for _, entry in ipairs(page) do
+      all[#all + 1] = entry
       total = total + size(entry)
-      if start == '-' and j == 1 then total = total - hidden(entry, deleted) end
     end
-    if #page < 100 then return total end
+    if #page < 100 then break end
     start = '(' .. page[#page][1]
   end
+  if all[1] then total = total - hidden(all[1], deleted) end
+  return all, total
 end
 -- The smallest id above `id` (what XTRIM MINID keeps from).
 local function incr(text)
@@ -234,16 +238,18 @@ end
 -- log's counter, `deleted` its max-deleted-entry-id, `head` its first entry (nil: this write's
 -- own). Returns the count and max-deleted id after trimming.
 local function settle(log, last, count, deleted, head, max_len, k, passed, cutoff)
-  if head and head[2][1] == 'v' then count = recount(log, deleted) end
+  -- Walk from the head (known already, unless it is this write's), reading on only as far as
+  -- the cut goes; a log counted by reading it is walked in what was read.
+  local page, at, seen, first = {head}, 1, nil, true
+  local counted = head and head[2][1] == 'v'
+  if counted then page, count = read_all(log, deleted) end
   local drop = 0
   if count > max_len and (passed or count >= max_len + k) then drop = count - max_len end
   if drop == 0 and not (head and aged(head, cutoff)) then return count, deleted end
-  -- Walk from the head (known already, unless it is this write's), reading on only as far as
-  -- the cut goes.
-  local page, at, seen, first = {head}, 1, nil, true
   local dropped, cut, removed, old, per = 0, deleted, nil, false, 1
   while true do
     local entry = page[at]
+    if entry == nil and counted then break end
     if entry == nil then
       local want = math.min(100, math.ceil((drop - dropped + 1) / per) + 1)
       page, at = redis.call('XRANGE', log, seen and '(' .. seen or '-', '+', 'COUNT', want), 1
@@ -271,7 +277,12 @@ local function settle(log, last, count, deleted, head, max_len, k, passed, cutof
     end
   end
   if removed then redis.call('XTRIM', log, 'MINID', above(removed)) end
-  if old then return recount(log, cut), cut end
+  if old and not counted then
+    -- an entry of an earlier log behind entries of this form (both versions wrote during an
+    -- upgrade): its counter may be off, so count what is left
+    local _, left = read_all(log, cut)
+    return left, cut
+  end
   return count - dropped, cut
 end
 -- The fields of a one-step entry (m t x y r), cut from the write's message body.
