@@ -132,6 +132,7 @@ def log_append_packed(
         first=f"{generation}-{seqs[0]}",
         last=f"{generation}-{seqs[-1]}",
         message=message,
+        seqs=(prev[1] if prev is not None else seqs[0] - 1, seqs[-1]),
     )
 
 

@@ -150,8 +150,8 @@ end
 -- How many of an entry's events are at or below id `deleted` (hidden by a trim).
 local function hidden(entry, deleted)
   if not id_less(deleted, entry[1]) then return size(entry) end
-  if entry[2][1] ~= 'e' then return 0 end
-  local lo, hi = 0, size(entry) - 1
+  if entry[2][1] ~= 'e' or id_less(deleted, nth_id(entry, 1)) then return 0 end
+  local lo, hi = 1, size(entry) - 1
   while lo < hi do
     local mid = math.ceil((lo + hi) / 2)
     if id_less(deleted, nth_id(entry, mid)) then hi = mid - 1 else lo = mid end
@@ -165,10 +165,12 @@ end
 # ARGV[4] log age cutoff in Unix ms (0: none); ARGV[5] commit time in Unix ms; ARGV[6] every
 # stream's part, packed (``_pack_writes``): per stream, in KEYS order, the expected guard (""
 # means the key must not exist), new record, channel, previous event id ("" for a new
-# generation: the log tells), floor id (see below), the write's first and last event ids, and
-# the live message's body (which is also the log entry's e). Each string is a u32 LE length and
-# its bytes. One packed argument rather than a dozen per stream: redis-py encodes every argument
-# in Python, which cost more than the rest of the batch.
+# generation: the log tells), floor id (see below), the write's first and last event ids and the
+# live message's body (from which the log entry is made), each a u32 LE length and its bytes;
+# then one byte, 1 if the write's seqs pass a multiple of k (from the previous seq, exclusive, to
+# its last; computed in Python, whose integers are exact at any size). One packed argument rather
+# than a dozen per stream: redis-py encodes every argument in Python, which cost more than the
+# rest of the batch.
 #
 # GETRANGE returns "" for a missing key, so one comparison covers "new stream" and "unchanged".
 # A record whose generation, seq and updated_at (its first 24 bytes) equal the new one's is this
@@ -189,23 +191,6 @@ end
 COMMIT_SCRIPT = (
     _LOG_LUA
     + """
--- floor(s / k) of the decimal text s, as decimal text (seqs may pass 2^53)
-local function quotient(s, k)
-  local digits, r = {}, 0
-  for j = 1, #s do
-    r = r * 10 + string.byte(s, j) - 48
-    local d = math.floor(r / k)
-    digits[j] = d
-    r = r - d * k
-  end
-  return (string.gsub(table.concat(digits), '^0+', ''))
-end
-local function passes(prev, last, k)
-  if k == 1 then return true end
-  local _, from = id_parts(prev)
-  local _, to = id_parts(last)
-  return quotient(from, k) ~= quotient(to, k)
-end
 -- Every entry of the log, oldest first, and the events it holds.
 local function read_all(log, deleted)
   local all, total, start = {}, 0, '-'
@@ -246,12 +231,14 @@ local function settle(log, last, count, deleted, head, max_len, k, passed, cutof
   local drop = 0
   if count > max_len and (passed or count >= max_len + k) then drop = count - max_len end
   if drop == 0 and not (head and aged(head, cutoff)) then return count, deleted end
-  local dropped, cut, removed, old, per = 0, deleted, nil, false, 1
+  local dropped, cut, removed, old, per, ages = 0, deleted, nil, false, 1, false
   while true do
     local entry = page[at]
     if entry == nil and counted then break end
     if entry == nil then
-      local want = math.min(100, math.ceil((drop - dropped + 1) / per) + 1)
+      -- as many entries as the events still to drop take, if they are the size of the last
+      local want = math.min(100, math.max(1, math.ceil((drop - dropped) / per)))
+      if ages then want = math.max(want, 16) end
       page, at = redis.call('XRANGE', log, seen and '(' .. seen or '-', '+', 'COUNT', want), 1
       entry = page[1]
       if entry == nil then break end
@@ -263,7 +250,7 @@ local function settle(log, last, count, deleted, head, max_len, k, passed, cutof
     if entry[2][1] == 'v' then old = true end
     per = size(entry)
     local held = per - gone
-    local ages = aged(entry, cutoff)
+    ages = aged(entry, cutoff)
     if entry[1] ~= last and (ages or dropped + held <= drop) then
       dropped, cut, removed = dropped + held, entry[1], entry[1]
       -- the cut is made: what follows stays (an aged entry behind it waits for a checkpoint)
@@ -309,9 +296,9 @@ local blob = ARGV[6]
 local at = 1
 for i = 1, #KEYS / 2 do
   local key, log = KEYS[2 * i - 1], KEYS[2 * i]
-  local guard, record, channel, prev, floor, first, last, message
-  guard, record, channel, prev, floor, first, last, message, at = struct.unpack(
-    '<I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0', blob, at)
+  local guard, record, channel, prev, floor, first, last, message, passed
+  guard, record, channel, prev, floor, first, last, message, passed, at = struct.unpack(
+    '<I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0B', blob, at)
   local n = struct.unpack('<I4', message, 5)
   local head = redis.call('GETRANGE', key, 0, 23)
   if string.sub(head, 1, 16) == guard then
@@ -338,18 +325,18 @@ for i = 1, #KEYS / 2 do
       local added = exists and redis.call('XADD', log, 'NOMKSTREAM', last, unpack(fields))
       -- count: the events the log holds now, where the write is a checkpoint; counter: what its
       -- entries-added says after the XADD
-      local count, counter, deleted, oldest, passed
+      local count, counter, deleted, oldest
+      passed = passed == 1
       if not added then
         redis.call('XADD', log, last, unpack(fields))
         count, counter, deleted, passed = n, -1, floor, true
       elseif info then
         count, counter = info['entries-added'] + n, info['entries-added'] + 1
         deleted, oldest, passed = info['max-deleted-entry-id'], info['first-entry'], true
-      elseif n > 1 or passes(prev, last, k) then
+      elseif n > 1 or passed then
         info = stream_info(log)
         count, counter = info['entries-added'] + n - 1, info['entries-added']
         deleted, oldest = info['max-deleted-entry-id'], info['first-entry']
-        passed = passes(prev, last, k)
       end
       if count then
         local held, cut = settle(log, last, count, deleted, oldest or nil, max_len, k, passed,
@@ -442,7 +429,8 @@ class LogAppend(NamedTuple):
     floor: str  # an id just below the first event's, marking where a log created anew begins
     first: str  # the write's first event id
     last: str  # its last event id: the log entry's id
-    message: bytes  # the live message's body, which is also the entry's field e
+    message: bytes  # the live message's body, from which the script makes the log entry
+    seqs: tuple[int, int]  # the seq before the first (the previous one's, if known) and the last
 
 
 @dataclass(frozen=True)
@@ -653,7 +641,7 @@ class StateStore:
         keys: list[str] = []
         for w in writes:
             keys += [w.keys.state, w.keys.log]
-        out = await client.evalsha(sha, len(keys), *keys, *head, _pack_writes(writes))
+        out = await client.evalsha(sha, len(keys), *keys, *head, _pack_writes(writes, head[2]))
         return [_written(flag) for flag in out]
 
     async def _commit_cluster(
@@ -667,7 +655,7 @@ class StateStore:
                 # redis-py blocks its evalsha() helper in cluster pipelines; the command itself
                 # is routed by its key like any other.
                 pipe.execute_command(
-                    "EVALSHA", sha, 2, w.keys.state, w.keys.log, *head, _pack_writes([w])
+                    "EVALSHA", sha, 2, w.keys.state, w.keys.log, *head, _pack_writes([w], head[2])
                 )
             return list(await pipe.execute(raise_on_error=False))
 
@@ -806,11 +794,12 @@ def _written(flag: int | bytes) -> bool | int:
 _U32 = struct.Struct("<I")
 
 
-def _pack_writes(writes: Sequence[Write]) -> bytes:
+def _pack_writes(writes: Sequence[Write], max_len: int) -> bytes:
     """Every write's script arguments as one string (the layout: ``COMMIT_SCRIPT``)."""
     parts: list[bytes] = []
     add = parts.append
     u32 = _U32.pack
+    k = max(1, max_len // 10)  # as the script's k
     for w in writes:
         log = w.log
         for text in (
@@ -825,4 +814,6 @@ def _pack_writes(writes: Sequence[Write]) -> bytes:
         ):
             add(u32(len(text)))
             add(text)
+        before, last = log.seqs
+        add(b"\x01" if before // k != last // k else b"\x00")
     return b"".join(parts)
