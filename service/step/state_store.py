@@ -110,26 +110,6 @@ local function stream_info(log)
   for j = 1, #reply, 2 do info[reply[j]] = reply[j + 1] end
   return info
 end
--- The decimal text of the unsigned 64-bit little-endian integer at byte `at` of `s`, exact
--- (Lua's numbers are doubles: above 2^53 it divides 16-bit limbs by 10^7).
-local function u64(s, at)
-  local lo, hi = struct.unpack('<I4I4', s, at)
-  if hi < 2097152 then return string.format('%.0f', hi * 4294967296 + lo) end
-  local limbs = {math.floor(hi / 65536), hi % 65536, math.floor(lo / 65536), lo % 65536}
-  local text = ''
-  while true do
-    local rem = 0
-    for j = 1, 4 do
-      local cur = rem * 65536 + limbs[j]
-      limbs[j] = math.floor(cur / 10000000)
-      rem = cur - limbs[j] * 10000000
-    end
-    if limbs[1] + limbs[2] + limbs[3] + limbs[4] == 0 then
-      return string.format('%d', rem) .. text
-    end
-    text = string.format('%07d', rem) .. text
-  end
-end
 -- An entry is {id, {field, value, ...}}: e, t (several steps); m, t, x, y, r (one step); or v,
 -- t, x, y, r (one step, from before entries were per write).
 local function size(entry)
@@ -139,24 +119,6 @@ local function size(entry)
 end
 local function aged(entry, cutoff)
   return cutoff > 0 and tonumber(entry[2][4]) < cutoff
-end
--- The id of the i-th event of a write's entry (its body: a 17-byte header whose last byte is the
--- version's length, the version, then each event's generation and seq as u64).
-local function nth_id(entry, i)
-  local body = entry[2][2]
-  local at = 18 + string.byte(body, 17) + 16 * (i - 1)
-  return u64(body, at) .. '-' .. u64(body, at + 8)
-end
--- How many of an entry's events are at or below id `deleted` (hidden by a trim).
-local function hidden(entry, deleted)
-  if not id_less(deleted, entry[1]) then return size(entry) end
-  if entry[2][1] ~= 'e' or id_less(deleted, nth_id(entry, 1)) then return 0 end
-  local lo, hi = 1, size(entry) - 1
-  while lo < hi do
-    local mid = math.ceil((lo + hi) / 2)
-    if id_less(deleted, nth_id(entry, mid)) then hi = mid - 1 else lo = mid end
-  end
-  return lo
 end
 """
 
@@ -191,6 +153,44 @@ end
 COMMIT_SCRIPT = (
     _LOG_LUA
     + """
+-- The decimal text of the unsigned 64-bit little-endian integer at byte `at` of `s`, exact
+-- (Lua's numbers are doubles: above 2^53 it divides 16-bit limbs by 10^7).
+local function u64(s, at)
+  local lo, hi = struct.unpack('<I4I4', s, at)
+  if hi < 2097152 then return string.format('%.0f', hi * 4294967296 + lo) end
+  local limbs = {math.floor(hi / 65536), hi % 65536, math.floor(lo / 65536), lo % 65536}
+  local text = ''
+  while true do
+    local rem = 0
+    for j = 1, 4 do
+      local cur = rem * 65536 + limbs[j]
+      limbs[j] = math.floor(cur / 10000000)
+      rem = cur - limbs[j] * 10000000
+    end
+    if limbs[1] + limbs[2] + limbs[3] + limbs[4] == 0 then
+      return string.format('%d', rem) .. text
+    end
+    text = string.format('%07d', rem) .. text
+  end
+end
+-- The id of the i-th event of a write's entry (its body: a 17-byte header whose last byte is the
+-- version's length, the version, then each event's generation and seq as u64).
+local function nth_id(entry, i)
+  local body = entry[2][2]
+  local at = 18 + string.byte(body, 17) + 16 * (i - 1)
+  return u64(body, at) .. '-' .. u64(body, at + 8)
+end
+-- How many of an entry's events are at or below id `deleted` (hidden by a trim).
+local function hidden(entry, deleted)
+  if not id_less(deleted, entry[1]) then return size(entry) end
+  if entry[2][1] ~= 'e' or id_less(deleted, nth_id(entry, 1)) then return 0 end
+  local lo, hi = 1, size(entry) - 1
+  while lo < hi do
+    local mid = math.ceil((lo + hi) / 2)
+    if id_less(deleted, nth_id(entry, mid)) then hi = mid - 1 else lo = mid end
+  end
+  return lo
+end
 -- Every entry of the log, oldest first, and the events it holds.
 local function read_all(log, deleted)
   local all, total, start = {}, 0, '-'
