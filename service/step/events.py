@@ -4,10 +4,12 @@ Every applied step is one event, id ``{generation}-{seq}``. The batcher's commit
 events to the stream's log as one entry and announces them on the stream's shard channel in the
 same script call (``state_store.COMMIT_SCRIPT``). One encoding serves both: the body of the live
 message (``log_append_packed``: a header, the model version, every event's id, values, prediction
-and reading ts) is also the log entry's field ``e``. This module builds what that call carries and
-decodes what subscribers receive, from an announcement (``decode_message``) or from the log
-(``log_events``: entries of a write and the one-step entries of earlier logs alike, expanded into
-their events), into SSE frames built once per event, however many subscribers it has.
+and reading ts) is all the call carries; the script stores it as the log entry of a write of
+several steps (field ``e``) and cuts a one-step write's entry (fields ``m t x y r``) from it. This
+module builds what that call carries and decodes what subscribers receive, from an announcement
+(``decode_message``) or from the log (``log_events``: every entry form, those of logs written one
+entry per step included, expanded into their events), into SSE frames built once per event,
+however many subscribers it has.
 """
 
 from __future__ import annotations

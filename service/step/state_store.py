@@ -2,12 +2,13 @@
 
 One record per (model, stream), a single Redis string (its layout: ``record.py``). Beside the
 record, each stream has an event log: a Redis Stream with one entry per write, whose id is the
-write's last event id (``{generation}-{seq}``) and whose field ``e`` holds all the write's events
-in the live message's encoding (``events.log_append_packed``), with ``t`` its commit time; logs
-written before that form hold one entry per step (fields ``v``, ``t``, ``x``, ``y``, ``r``) and
-are read alike (``events.log_events``). The log's bound counts events; how it is kept, and when
-the age bound is applied, is said above ``COMMIT_SCRIPT``. Keys carry a Redis Cluster hash tag per
-stream (``{model:stream}``), so a stream's record, log and channel share a slot.
+write's last event id (``{generation}-{seq}``) and which holds all the write's events: a write of
+several steps in the live message's encoding (``events.log_append_packed``), a write of one step
+in five short fields; logs written before entries were per write hold one entry per step, and
+every form is read alike (``events.log_events``). The log's bound counts events; the entry forms,
+how the bound is kept, and when the age bound is applied are said above ``_LOG_LUA``. Keys carry
+a Redis Cluster hash tag per stream (``{model:stream}``), so a stream's record, log and channel
+share a slot.
 
 A batch reads every state with one MGET and writes every stream with one call of
 ``COMMIT_SCRIPT``, which compares each stream's guard (generation and seq) before it sets the new
