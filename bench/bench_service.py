@@ -11,7 +11,8 @@ bundled demo model (2 x 64 LSTM, 1 input, 1 output):
 ``libs``    uvloop, orjson and hiredis each swapped for its pure-Python counterpart, and
             inference moved to a thread, on the single-reading and bulk paths (the evidence for
             what ships).
-``compare`` this checkout against the commit ``--baseline``, alternating, on both paths.
+``compare`` this checkout against the commit ``--baseline``, alternating, on both paths (bulk
+            with each of ``--steps``), with Redis's own time per reading, per command too.
 ``scale``   one bulk request at a time over 1,000 distinct streams drawn at random from N live
             streams (at N = 1,000: all of them), for each N in ``--live`` (grown in place: 1k,
             then 100k, then 1M); readings/s and cost per reading at each N, and Redis memory
@@ -119,7 +120,10 @@ Case = tuple[str, int, int]  # wrk script, concurrency, readings per request
 
 
 def _row(
-    result: WrkResult, per_request: int = 1, redis_us: float | None = None
+    result: WrkResult,
+    per_request: int = 1,
+    redis_us: float | None = None,
+    commands: dict[str, int] | None = None,
 ) -> dict[str, float]:
     row = {
         "per_s": result.per_s * per_request,
@@ -127,8 +131,11 @@ def _row(
         "p99_ms": result.latency_ms["99"],
         "non_200": result.non_200 + result.socket_errors,
     }
-    if redis_us is not None:  # Redis's own time per reading: the state reads and the commits
-        row["redis_us_per_reading"] = redis_us / max(1, result.requests * per_request)
+    readings = max(1, result.requests * per_request)
+    if redis_us is not None:  # Redis's own time per reading: every command (RedisProcess.busy_us)
+        row["redis_us_per_reading"] = redis_us / readings
+    for name, usec in (commands or {}).items():  # and each command's, scripts' calls included
+        row[f"cmd:{name}"] = usec / readings
     return row
 
 
@@ -140,7 +147,8 @@ def _check_applied(base: str, before: int, answered: int, in_flight: int) -> Non
 
 
 def _median_rows(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    keys = dict.fromkeys(k for r in rows for k in r)  # a command may be missing from a round
+    return {k: statistics.median(r.get(k, 0.0) for r in rows) for k in keys}
 
 
 def _alternate(
@@ -333,19 +341,23 @@ def _variant_rounds(
 ) -> dict[tuple[str, str], dict[str, float]]:
     """Each variant (its environment and the checkout it runs from) on every case, a fresh
     service per variant and round, the variants alternating round by round; the median row of
-    each (variant, case)."""
+    each (variant, case). Each variant keeps its streams under a key prefix of its own, so that
+    none meets state or logs another one wrote (another version's log format, or its logs'
+    fill)."""
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
     for _ in range(args.rounds):
-        for name, (extra_env, tree) in variants.items():
+        for index, (name, (extra_env, tree)) in enumerate(variants.items()):
             argv = harness.service_argv(args.workers, *SERVICE_LIMITS)
-            env = {"REDIS_URL": redis.url, **extra_env}
+            env = {"REDIS_URL": redis.url, "LSTM_KEY_PREFIX": f"variant{index}", **extra_env}
             with harness.http_process(argv, work, "service", env, cwd=tree) as service:
                 for case, (script, concurrency, per_request) in cases.items():
                     _warm_up(script, service, work, concurrency)
+                    redis.reset_stats()
                     run = harness.run_wrk(
                         script, service, work, concurrency=concurrency, duration_s=args.duration
                     )
-                    rows.setdefault((name, case), []).append(_row(run, per_request))
+                    row = _row(run, per_request, redis.busy_us(), redis.command_usec())
+                    rows.setdefault((name, case), []).append(row)
     return {key: _median_rows(value) for key, value in rows.items()}
 
 
@@ -374,9 +386,11 @@ def libs(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dict
 
 def compare(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dict[str, object]]:
     """This checkout against ``--baseline`` (a commit), alternating round by round, on the
-    single-reading path (c=64) and the bulk path (T=1 and T=10); readings/s and p99 of each."""
-    cases = _cases(args, (1, 10))
+    single-reading path (c=64) and the bulk path (T=1 and T=10); readings/s, p99 and Redis's own
+    microseconds per reading of each, then each variant's Redis time per command."""
+    cases = _cases(args, tuple(args.steps))
     with harness.checkout(args.baseline, work) as baseline:
+        redis.in_scripts |= harness.script_commands(baseline)
         variants: dict[str, tuple[dict[str, str], Path]] = {
             args.baseline: ({}, baseline),
             "this checkout": ({}, harness.ROOT),
@@ -393,7 +407,16 @@ def compare(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[d
             "ratio": round(after["per_s"] / before["per_s"], 3),
             f"{args.baseline}_p99_ms": before["p99_ms"],
             "this_p99_ms": after["p99_ms"],
+            f"{args.baseline}_redis_us_per_reading": round(before["redis_us_per_reading"], 2),
+            "this_redis_us_per_reading": round(after["redis_us_per_reading"], 2),
+            "redis_ratio": round(after["redis_us_per_reading"] / before["redis_us_per_reading"], 3),
         })  # fmt: skip
+    for case in cases:
+        for variant in (args.baseline, "this checkout"):
+            row = rows[(variant, case)]
+            commands = {k[4:]: round(v, 2) for k, v in row.items() if k.startswith("cmd:") and v}
+            out.append({"case": case, "variant": variant, "redis_us_per_reading_by_command":
+                        dict(sorted(commands.items(), key=lambda kv: -kv[1]))})  # fmt: skip
     return out
 
 

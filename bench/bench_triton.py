@@ -18,8 +18,9 @@ windows of ``--steps`` consecutive months, one step per request.
 
 After every service round the script checks that each inference perf_analyzer got an answer
 for was applied and persisted: the POSTs the service answered 200, its v2 ``inference_count``,
-its applied-readings counter and the ``XADD``s Redis ran (one per committed step, in the same
-script as the state write) must all agree, with no failed, refused or retried reading.
+its applied-readings counter and the events the round's writes put in the streams' event logs in
+Redis (written in the same script as the state; one log entry per write, so it counts the events
+the entries hold, not the XADDs) must all agree, with no failed, refused or retried reading.
 
 Needs the ``dev`` extra (statsmodels, for the data), ``redis-server`` on PATH, and perf_analyzer
 2.51 in a virtualenv of its own (bench/requirements-perf.txt: it pins numpy<2), by default
@@ -50,6 +51,9 @@ from pathlib import Path
 
 import harness
 from harness import RedisProcess
+
+from service.step.events import log_events, parse_event_id
+from service.step.state_store import LogChunk
 
 MODEL = "lstm_seq"  # the name our export is served under (the peer's is --peer-model)
 # perf_analyzer run k (warm-ups included) gets sequence ids of its own, from (k + 1) * ID_SPAN
@@ -258,26 +262,50 @@ class ServiceCounts:
         return cls(readings, posts, v2_stats(base, MODEL))
 
 
+def events_in_redis(redis: RedisProcess, since_ms: int) -> int:
+    """The events committed since ``since_ms`` (Unix ms) in every event log of MODEL in Redis:
+    those the logs hold (each entry expanded into its events, both entry forms), plus those a
+    trim removed from a generation the round wrote. The service numbers a sequence's steps from
+    1 (perf_analyzer sends no ``seq``) and every run has streams of its own, so a log whose
+    max-deleted id is in the generation of its oldest event held lost exactly that many of it."""
+    client = redis.client()
+    total = 0
+    for key in client.scan_iter(match=f"*{{{MODEL}:*}}:events", count=1000):
+        info = client.xinfo_stream(key)
+        deleted = info["max-deleted-entry-id"].decode()
+        entries = [
+            (entry_id.decode(), fields)
+            for entry_id, fields in client.xrange(key, "-", "+")
+            if int(fields[b"t"]) >= since_ms  # the commit time, in both entry forms
+        ]
+        chunk = LogChunk(True, info["last-generated-id"].decode(), deleted, entries)
+        events = log_events(MODEL, "", chunk, None)
+        total += len(events)
+        generation, seq = parse_event_id(deleted, "max-deleted-entry-id")
+        if events and events[0].id[0] == generation:
+            total += seq
+    return total
+
+
 def check_persisted(
-    base: str, before: ServiceCounts, redis: RedisProcess, perf: PerfResult
+    base: str, before: ServiceCounts, redis: RedisProcess, perf: PerfResult, since_ms: int
 ) -> tuple[int, float]:
     """Every request perf_analyzer sent was answered 200 (it exits non-zero otherwise), applied
     once and written to Redis: the counters must agree exactly. Returns the applied steps and
     Redis's own microseconds over the run."""
     time.sleep(1)  # nothing should be in flight once perf_analyzer exits; be sure
+    busy = redis.busy_us()  # before the counting below reads the logs
     after = ServiceCounts.read(base)
     readings = after.readings - before.readings
     posts = after.posts - before.posts
     stats = {k: after.stats[k] - before.stats[k] for k in after.stats}
-    commands = redis.client().info("commandstats")
-    xadds = int(commands.get("cmdstat_xadd", {}).get("calls", 0))
     applied = readings["applied"]
     counts = {
         "POSTs answered 200": posts["200"],
         "v2 inference_count": stats["inference_count"],
         "v2 successes": stats["success"],
         "readings applied": applied,
-        "event-log XADDs in Redis": xadds,
+        "events in the logs in Redis": events_in_redis(redis, since_ms),
     }
     problems = []
     if len(set(counts.values())) != 1:
@@ -296,7 +324,7 @@ def check_persisted(
     if problems:
         raise BenchError("the service's counts after a round:\n  " + "\n  ".join(problems))
     print(f"all {applied:,} steps persisted ({' = '.join(counts)})", file=sys.stderr, flush=True)
-    return applied, redis.busy_us()
+    return applied, busy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,8 +388,9 @@ def _service_round(
 ) -> Round:
     before = ServiceCounts.read(service)
     redis.reset_stats()
+    since_ms = int(time.time() * 1000)
     perf = measure()
-    applied, busy = check_persisted(service, before, redis, perf)
+    applied, busy = check_persisted(service, before, redis, perf, since_ms)
     return Round(name, perf, applied, busy / max(1, applied))
 
 

@@ -19,8 +19,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -79,10 +79,29 @@ def require(*commands: str) -> None:
         sys.exit(f"not installed: {', '.join(missing)} (Debian: apt-get install wrk redis-server)")
 
 
+# Commands Redis's command stats leave out of its own time per reading: the benchmark's and the
+# service's probes, not the work being measured.
+NOT_WORK = ("info", "config", "ping")
+
+
+def script_commands(*roots: Path) -> set[str]:
+    """Every command the service's Lua scripts call (``redis.call('NAME', ...)``) in the
+    checkouts ``roots``, in lower case. Redis counts a command a script calls in that command's
+    stats and again in the script's own (EVALSHA's time includes it), so a sum over all
+    commands leaves these out; the service sends none of them outside a script."""
+    found: set[str] = set()
+    for root in roots:
+        for path in (root / "service").rglob("*.py"):
+            found.update(n.lower() for n in re.findall(r"redis\.call\('(\w+)'", path.read_text()))
+    return found
+
+
 @dataclass
 class RedisProcess:
     port: int
     process: subprocess.Popen[bytes]
+    # what the scripts call (see script_commands); a comparison adds its baseline's
+    in_scripts: set[str] = field(default_factory=lambda: script_commands(ROOT))
 
     @property
     def url(self) -> str:
@@ -97,12 +116,21 @@ class RedisProcess:
     def reset_stats(self) -> None:
         self.client().config_resetstat()
 
-    def busy_us(self) -> float:
-        """Microseconds Redis spent executing commands since ``reset_stats`` (scripts counted
-        once, with everything they called)."""
+    def command_usec(self) -> dict[str, int]:
+        """Microseconds per command since ``reset_stats`` (``INFO commandstats``; a command with
+        subcommands under its ``name|subcommand``), every command but NOT_WORK. A script's time
+        includes the commands it called, which are also listed on their own."""
         stats = self.client().info("commandstats")
+        usec = {k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in stats.items()}
+        return {k: v for k, v in usec.items() if k.partition("|")[0] not in NOT_WORK}
+
+    def busy_us(self, in_scripts: Iterable[str] | None = None) -> float:
+        """Microseconds Redis spent executing commands since ``reset_stats``: every command's
+        time but NOT_WORK, each script's counted once with everything it called (the commands in
+        ``in_scripts``, by default ``self.in_scripts``, are left out as already counted)."""
+        nested = set(self.in_scripts if in_scripts is None else in_scripts)
         return float(
-            sum(v["usec"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_mget"))
+            sum(v for k, v in self.command_usec().items() if k.partition("|")[0] not in nested)
         )
 
 

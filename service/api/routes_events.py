@@ -33,14 +33,14 @@ from ..core.ids import check_stream_id
 from ..core.settings import Settings
 from ..push.event_hub import CLOSED, RESYNC, Subscription
 from ..push.subscriber import gap_body
-from ..step.events import Event, EventId, LiveBatch, events_from_log, format_id, parse_event_id
+from ..step.events import Event, EventId, LiveBatch, format_id, log_events, parse_event_id
 from ..step.state_store import LogChunk
 from .app_keys import HUB, SETTINGS, STORE
 from .routes_v1 import model_for
 
 __all__ = ["CLOSE_GRACE_S", "add_event_routes", "bound_send_buffer"]
 
-LOG_CHUNK = 500  # events read from the log per round trip while catching up
+LOG_CHUNK = 500  # events read from the log per round trip while catching up (whole entries)
 # How long a closed subscriber's connection may stay stuck on a write (its reader not reading)
 # before it is cut, instead of being sent the reason it was closed.
 CLOSE_GRACE_S = 10.0
@@ -124,21 +124,24 @@ class _Feed:
         store = self.request.app[STORE]
         settings = self.request.app[SETTINGS]
         self.last = after
+        position = "" if after is None else format_id(after)
         while True:
             chunk = await store.read_log(
-                self.log_key, "" if self.last is None else format_id(self.last), LOG_CHUNK
+                self.log_key, position, LOG_CHUNK, settings.events_max_age_ms
             )
+            events = log_events(self.model, self.stream, chunk, self.last)
             if self.last is not None:
                 deleted = parse_event_id(chunk.deleted_id, "the log") if chunk.exists else None
                 if not chunk.exists or (deleted is not None and deleted > self.last):
-                    await self._gap(chunk, settings)
-            await self.send(events_from_log(self.model, self.stream, chunk.entries))
-            if len(chunk.entries) < LOG_CHUNK:
+                    await self._gap(chunk, settings, events)
+            await self.send(events)
+            if not (chunk.more and chunk.entries):
                 return
+            position = chunk.entries[-1][0]
 
-    async def _gap(self, chunk: LogChunk, settings: Settings) -> None:
+    async def _gap(self, chunk: LogChunk, settings: Settings, held: list[Event]) -> None:
         assert self.last is not None  # a gap is only ever after an event
-        body = gap_body(self.stream, self.last, chunk, settings)
+        body = gap_body(self.stream, self.last, chunk, settings, held)
         del body["stream"]  # the single-stream gap event keeps its documented fields
         await self.notice("gap", body)
 

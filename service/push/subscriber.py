@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from ..core.errors import InvalidRequest, ServiceError
 from ..core.ids import STREAM_ID
 from ..core.settings import Settings
-from ..step.events import Event, EventId, LiveBatch, events_from_log, format_id, parse_event_id
+from ..step.events import Event, EventId, LiveBatch, format_id, log_events, parse_event_id
 from ..step.state_store import LogChunk, StateStore
 from .event_hub import CLOSED, REDISCOVER, RESYNC, EventHub, NewStream, Subscription
 
@@ -43,7 +43,7 @@ __all__ = [
     "parse_prefix",
 ]
 
-LOG_CHUNK = 500  # events read from the log per round trip while catching up
+LOG_CHUNK = 500  # events read from the log per round trip while catching up (whole entries)
 NO_EVENT: EventId = (0, 0)  # a followed stream's position before its first event
 _PREFIX = re.compile(r"[A-Za-z0-9._:-]{0,128}")
 
@@ -333,24 +333,32 @@ class Subscriber:
         """Send the log's events after ``after`` (None: all of them), saying what it lost."""
         log_key = self.store.stream_keys(self.model, follow.stream).log
         follow.last = after
+        position = "" if after is None else format_id(after)
         while True:
-            position = "" if follow.last is None else format_id(follow.last)
             async with self.hub.log_reads:
-                chunk = await self.store.read_log(log_key, position, LOG_CHUNK)
+                chunk = await self.store.read_log(
+                    log_key, position, LOG_CHUNK, self.settings.events_max_age_ms
+                )
+            events = log_events(self.model, follow.stream, chunk, follow.last)
             if follow.last is not None:
                 deleted = parse_event_id(chunk.deleted_id, "the log") if chunk.exists else None
                 if not chunk.exists or (deleted is not None and deleted > follow.last):
                     await self.sink.notice(
-                        "gap", gap_body(follow.stream, follow.last, chunk, self.settings)
+                        "gap",
+                        gap_body(follow.stream, follow.last, chunk, self.settings, events),
                     )
-            await self._send(follow, events_from_log(self.model, follow.stream, chunk.entries))
-            if len(chunk.entries) < LOG_CHUNK:
+            await self._send(follow, events)
+            if not (chunk.more and chunk.entries):
                 return
+            position = chunk.entries[-1][0]
 
 
-def gap_body(stream: str, after: EventId, chunk: LogChunk, settings: Settings) -> dict[str, Any]:
-    """What an ``event: gap`` says: the events after ``after`` that the log no longer holds."""
-    first = chunk.entries[0][0] if chunk.entries else None
+def gap_body(
+    stream: str, after: EventId, chunk: LogChunk, settings: Settings, held: list[Event]
+) -> dict[str, Any]:
+    """What an ``event: gap`` says: the events after ``after`` that the log no longer holds
+    (``held``: the events the same read found, which follow the gap)."""
+    first = format_id(held[0].id) if held else None
     if chunk.exists:
         message = (
             f"the log of stream {stream!r} does not hold the events after {format_id(after)} up "

@@ -1,10 +1,15 @@
 """Prediction events: their ids and their encodings.
 
-Every applied step is one event, id ``{generation}-{seq}``. The batcher's commit appends the events
-to the stream's log and announces them on the stream's shard channel in the same script call
-(``state_store.COMMIT_SCRIPT``). This module encodes what that call carries (``log_append``) and
-decodes what subscribers receive, from an announcement (``decode_message``) or from the log
-(``events_from_log``), into SSE frames built once per event, however many subscribers it has.
+Every applied step is one event, id ``{generation}-{seq}``. The batcher's commit appends a write's
+events to the stream's log as one entry and announces them on the stream's shard channel in the
+same script call (``state_store.COMMIT_SCRIPT``). One encoding serves both: the body of the live
+message (``log_append_packed``: a header, the model version, every event's id, values, prediction
+and reading ts) is all the call carries; the script stores it as the log entry of a write of
+several steps (field ``e``) and cuts a one-step write's entry (fields ``m t x y r``) from it. This
+module builds what that call carries and decodes what subscribers receive, from an announcement
+(``decode_message``) or from the log (``log_events``: every entry form, those of logs written one
+entry per step included, expanded into their events), into SSE frames built once per event,
+however many subscribers it has.
 """
 
 from __future__ import annotations
@@ -20,17 +25,17 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InvalidRequest
-from .state_store import LogAppend
+from .state_store import LogAppend, LogChunk
 
 __all__ = [
     "Event",
     "EventId",
     "LiveBatch",
     "decode_message",
-    "events_from_log",
     "format_id",
     "log_append",
     "log_append_packed",
+    "log_events",
     "parse_event_id",
 ]
 
@@ -101,33 +106,21 @@ def log_append_packed(
     """``log_append`` from the raw bytes: float64 values and float32 predictions, row after row
     (the batcher slices them out of a whole batch's arrays)."""
     n = len(seqs)
-    x_size = len(values) // n
-    y_size = len(predictions) // n
-    ids = [f"{generation}-{seq}" for seq in seqs]
     if any(t is not None for t in reading_ts):
-        ts = [b"" if t is None else json.dumps(t).encode() for t in reading_ts]
-        stamped = b"[" + b",".join(t or b"null" for t in ts) + b"]"
+        stamps = [b"null" if t is None else json.dumps(t).encode() for t in reading_ts]
+        stamped = b"[" + b",".join(stamps) + b"]"
     else:
-        ts = [b""] * n
         stamped = b""
     if n == 1:
-        entries = [(ids[0], values, predictions, ts[0])]
         pairs = _PAIR.pack(generation, seqs[0])
     else:
-        entries = [
-            (
-                ids[i],
-                values[i * x_size : (i + 1) * x_size],
-                predictions[i * y_size : (i + 1) * y_size],
-                ts[i],
-            )
-            for i in range(n)
-        ]
         pairs = struct.pack(f"<{2 * n}Q", *[v for seq in seqs for v in (generation, seq)])
     vbytes = version.encode("ascii")
     message = b"".join(
         [
-            _MESSAGE_HEAD.pack(x_size // 8, y_size // 4, n, now_ms, len(vbytes)),
+            _MESSAGE_HEAD.pack(
+                len(values) // n // 8, len(predictions) // n // 4, n, now_ms, len(vbytes)
+            ),
             vbytes,
             pairs,
             values,
@@ -138,9 +131,10 @@ def log_append_packed(
     return LogAppend(
         prev=f"{prev[0]}-{prev[1]}" if prev is not None else "",
         floor=f"{generation}-{seqs[0] - 1}",
-        version=version,
-        entries=entries,
+        first=f"{generation}-{seqs[0]}",
+        last=f"{generation}-{seqs[-1]}",
         message=message,
+        seqs=(prev[1] if prev is not None else seqs[0] - 1, seqs[-1]),
     )
 
 
@@ -193,9 +187,8 @@ def _frame(
     return Event(event_id, frame, data)
 
 
-def decode_message(model: str, stream: str, message: bytes) -> LiveBatch:
-    """A channel message (the script's ``prev + "\\n"`` and ``log_append``'s body)."""
-    prev, _, body = message.partition(b"\n")
+def _decode_body(model: str, stream: str, body: bytes) -> list[Event]:
+    """The events of a message body (``log_append_packed``), in order."""
     inputs, outputs, n, t_ms, vlen = _MESSAGE_HEAD.unpack_from(body)
     at = _MESSAGE_HEAD.size
     version = body[at : at + vlen].decode("ascii")
@@ -207,26 +200,44 @@ def decode_message(model: str, stream: str, message: bytes) -> LiveBatch:
     y = np.frombuffer(body, "<f4", n * outputs, at).reshape(n, outputs).tolist()
     at += 4 * n * outputs
     stamps = json.loads(body[at:]) if len(body) > at else [None] * n
-    events = [
+    return [
         _frame(model, version, stream, (g, s), x[i], y[i], t_ms, stamps[i])
         for i, (g, s) in enumerate(pairs)
     ]
-    return LiveBatch(_id_of(prev.decode("ascii")), events)
 
 
-def events_from_log(
-    model: str, stream: str, entries: list[tuple[str, dict[bytes, bytes]]]
-) -> list[Event]:
-    """Log entries (``StateStore.read_log``) as events."""
-    events = []
-    for entry_id, fields in entries:
-        event_id = _id_of(entry_id)
+def decode_message(model: str, stream: str, message: bytes) -> LiveBatch:
+    """A channel message (the script's ``prev + "\\n"`` and ``log_append``'s body)."""
+    prev, _, body = message.partition(b"\n")
+    return LiveBatch(_id_of(prev.decode("ascii")), _decode_body(model, stream, body))
+
+
+def log_events(model: str, stream: str, chunk: LogChunk, after: EventId | None) -> list[Event]:
+    """The events of a log read (``StateStore.read_log``), oldest first: each entry expanded into
+    its events, keeping only those after ``after`` (None: from the start) and after the log's
+    ``deleted_id``, since the first entry read may straddle either."""
+    floor = _id_of(chunk.deleted_id)
+    if after is not None and (floor is None or after > floor):
+        floor = after
+    events: list[Event] = []
+    for entry_id, fields in chunk.entries:
+        body = fields.get(b"e")
+        if body is not None:  # a write's entry: all its events
+            batch = _decode_body(model, stream, body)
+            if floor is not None and batch[0].id <= floor:
+                batch = [e for e in batch if e.id > floor]
+            events += batch
+            continue
+        event_id = _id_of(entry_id)  # a one-step entry: m (or v, an earlier log's), t, x, y, r
         assert event_id is not None
+        if floor is not None and event_id <= floor:
+            continue
         stamp = fields[b"r"]
+        version = fields[b"m"] if b"m" in fields else fields[b"v"]
         events.append(
             _frame(
                 model,
-                fields[b"v"].decode("ascii"),
+                version.decode("ascii"),
                 stream,
                 event_id,
                 np.frombuffer(fields[b"x"], "<f8").tolist(),

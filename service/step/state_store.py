@@ -1,16 +1,19 @@
 """Per-stream state in Redis: every key name and every Lua script live here.
 
 One record per (model, stream), a single Redis string (its layout: ``record.py``). Beside the
-record, each stream has an event log: a Redis Stream whose entry ids are the event ids
-(``{generation}-{seq}``), one entry per applied step with the fields ``v`` (model version), ``t``
-(commit time, Unix ms), ``x`` (values, float64), ``y`` (prediction, float32) and ``r`` (the
-reading's own ts as JSON, or empty). Keys carry a Redis Cluster hash tag per stream
-(``{model:stream}``), so a stream's record, log and channel share a slot.
+record, each stream has an event log: a Redis Stream with one entry per write, whose id is the
+write's last event id (``{generation}-{seq}``) and which holds all the write's events: a write of
+several steps in the live message's encoding (``events.log_append_packed``), a write of one step
+in five short fields; logs written before entries were per write hold one entry per step, and
+every form is read alike (``events.log_events``). The log's bound counts events; the entry forms,
+how the bound is kept, and when the age bound is applied are said above ``_LOG_LUA``. Keys carry
+a Redis Cluster hash tag per stream (``{model:stream}``), so a stream's record, log and channel
+share a slot.
 
 A batch reads every state with one MGET and writes every stream with one call of
 ``COMMIT_SCRIPT``, which compares each stream's guard (generation and seq) before it sets the new
-record, appends the events and announces them: a replica that lost a race gets 0 for that stream
-and recomputes it.
+record, appends the write's entry and announces it: a replica that lost a race gets 0 for that
+stream and recomputes it.
 """
 
 from __future__ import annotations
@@ -44,38 +47,50 @@ __all__ = [
 ]
 
 
-# Every write of a stream also appends one event per applied step to the stream's event log (a Redis
-# Stream whose entry ids are the event ids, "{generation}-{seq}") and announces them on the stream's
-# shard channel, in the same script call: no step without its event, no event without its step.
+# The event log. Every write of a stream appends ONE entry to the stream's log, holding all the
+# events (steps) of the write, and announces them on the stream's shard channel, in the same
+# script call as the state write: no step without its event, no event without its step.
 #
-# KEYS: per stream i, KEYS[2i-1] its state key and KEYS[2i] its event log (one hash slot).
-# ARGV[1] state TTL ms (0: none); ARGV[2] log TTL ms (0: none); ARGV[3] log length bound;
-# ARGV[4] log age cutoff in Unix ms (0: none); ARGV[5] commit time in Unix ms; ARGV[6] every
-# stream's part, packed (``_pack_writes``): per stream, in KEYS order, the expected guard (""
-# means the key must not exist), new record, channel, previous event id ("" for a new
-# generation: the log tells), floor id (see below), model version, live message, then the
-# number of events n and n times (event id, values, prediction, reading ts). Each string is a
-# u32 LE length and its bytes; n is a u32 LE. One packed argument rather than a dozen per stream:
-# redis-py encodes every argument in Python, which cost more than the rest of the batch.
+# An entry's id is its last event's id, "{generation}-{seq}". Its fields, in three forms:
+# - a write of several steps: e, the write's events exactly as announced (the live message's
+#   body, ``events.log_append_packed``: a header, the model version, then every event's id,
+#   values, prediction and reading ts), and t, the commit time in Unix ms;
+# - a write of one step: m (model version), t, x (values, float64), y (prediction, float32) and
+#   r (the reading's own ts as JSON, or empty), cut by the script from that same body: the
+#   smaller form, as the e form's header and ids would more than double a one-step event;
+# - logs written before entries were per write hold one-step entries v, t, x, y, r (v the model
+#   version); their log's entries-added counts entries ever added, not events (see below).
+# The first field name tells them apart; t is always the second, where the previous version of
+# this script also reads it. Readers expand an entry into its events (``events.log_events``): a
+# read after an id inside an entry returns that entry (its last id is above), and the reader
+# drops the events at or below.
 #
-# GETRANGE returns "" for a missing key, so one comparison covers "new stream" and "unchanged".
-# A record whose generation, seq and updated_at (its first 24 bytes) equal the new one's is this
-# very write, landed by an earlier attempt of the same call (the client resends a call that timed
-# out): that counts as written, so a resent call can never look like a lost race and be applied
-# twice.
-# A new generation must sort after everything its log ever held (ids must increase); if it does not
-# (two replicas' clocks), nothing is written and the log's last generation is returned, so the
-# caller retries with a later one.
-# Trimming records the largest id it removed as the log's max-deleted-entry-id (XSETID; XTRIM
-# alone does not), which is how a resuming reader learns exactly what it lost. A log created anew
-# (never written, or expired) starts with a floor there, an id just below its first event's, so a
-# reader holding an id from an earlier life of the log learns that whatever followed it is gone.
-# A write that starts a new generation (guard "") also publishes "{state key}\n{floor id}" on the
-# plain channel "{prefix}:new-streams" (StateStore.new_streams_channel), so that a prefix
-# subscriber learns of a stream it has not seen: once per generation, never per step.
-# Returns per stream 1 (written), 0 (guard differed: someone else advanced or ended the stream) or
-# the log's last generation as a string (generation too old).
-COMMIT_SCRIPT = """
+# Counting and trimming. The bound (ARGV[3]) counts events, not entries. A log's count of the
+# events it holds lives in the log itself, as its entries-added (XINFO STREAM; Redis keeps it for
+# consumer groups, which these logs never have): an XADD adds one, which is right for a write of
+# one step; the script sets it (XSETID ENTRIESADDED) after a write of several steps and after a
+# trim. While a v entry is at the head, a checkpoint counts the log by reading it instead (once
+# per checkpoint, and only until the entries of before the upgrade have left the log).
+# Trimming removes whole entries from the head and, when the bound falls inside an entry, hides
+# that entry's oldest events by raising the log's max-deleted-entry-id to the last event removed:
+# readers drop the events at or below it. So the events a reader can get are exactly the newest
+# the bound allows, and max-deleted-entry-id is always the last event id removed (it is what
+# tells a resuming reader exactly what it lost); memory holds at most one entry's worth more.
+#
+# When: a write reads the log's state (XINFO STREAM) only at a checkpoint: a write that starts a
+# generation or creates the log, a write of several steps, or a write whose seqs pass a multiple
+# of k = max(1, floor(bound / 10)). At a checkpoint the log is trimmed back to the bound if it is
+# over it and the write passed such a multiple, or if it is k or more over it; in between, fewer
+# than k events arrive. So after any write a log holds at most bound + k - 1 events, and a busy
+# stream of one-step writes reads the log's state once every k writes and trims then.
+# The age bound is applied at checkpoints (to the entries at the head: whole entries, as a
+# write's events share their commit time), and on read: LOG_SCRIPT treats the entries at the head
+# older than the reader's cutoff as deleted, so a reader is never sent an event older than the
+# bound, however long ago the stream's last checkpoint was. A log expires that long after its
+# last write (PEXPIRE on every write).
+#
+# Shared by COMMIT_SCRIPT and LOG_SCRIPT.
+_LOG_LUA = """
 local function id_parts(id)
   local dash = string.find(id, '-', 1, true)
   return string.sub(id, 1, dash - 1), string.sub(id, dash + 1)
@@ -90,22 +105,185 @@ local function id_less(a, b)
   if ag ~= bg then return num_less(ag, bg) end
   return num_less(as, bs)
 end
-local function trim(log, len, max_len, cutoff, last_id)
-  -- A full log is trimmed once it is a tenth over its bound, back down to the bound, so that a
-  -- busy stream pays for trimming every few writes rather than on each. A log that is not full
-  -- (a slow or young stream) is checked for age on every write.
-  if len >= max_len and len < max_len + math.max(1, math.floor(max_len / 10)) then return end
-  local drop = math.max(len - max_len, 0)
-  local head = redis.call('XRANGE', log, '-', '+', 'COUNT', drop + 1)
-  while cutoff > 0 and tonumber(head[drop + 1][2][4]) < cutoff do
-    drop = drop + 1  -- the newest entries are this write's, never too old: this ends
-    if head[drop + 1] == nil then
-      head = redis.call('XRANGE', log, '-', '+', 'COUNT', drop + 100)
+local function stream_info(log)
+  local reply = redis.call('XINFO', 'STREAM', log)
+  local info = {}
+  for j = 1, #reply, 2 do info[reply[j]] = reply[j + 1] end
+  return info
+end
+-- An entry is {id, {field, value, ...}}: e, t (several steps); m, t, x, y, r (one step); or v,
+-- t, x, y, r (one step, from before entries were per write).
+local function size(entry)
+  local fields = entry[2]
+  if fields[1] == 'e' then return (struct.unpack('<I4', fields[2], 5)) end
+  return 1
+end
+local function aged(entry, cutoff)
+  return cutoff > 0 and tonumber(entry[2][4]) < cutoff
+end
+"""
+
+# KEYS: per stream i, KEYS[2i-1] its state key and KEYS[2i] its event log (one hash slot).
+# ARGV[1] state TTL ms (0: none); ARGV[2] log TTL ms (0: none); ARGV[3] log bound (events);
+# ARGV[4] log age cutoff in Unix ms (0: none); ARGV[5] commit time in Unix ms; ARGV[6] every
+# stream's part, packed (``_pack_writes``): per stream, in KEYS order, the expected guard (""
+# means the key must not exist), new record, channel, previous event id ("" for a new
+# generation: the log tells), floor id (see below), the write's first and last event ids and the
+# live message's body (from which the log entry is made), each a u32 LE length and its bytes;
+# then one byte, 1 if the write's seqs pass a multiple of k (from the previous seq, exclusive, to
+# its last; computed in Python, whose integers are exact at any size). One packed argument rather
+# than a dozen per stream: redis-py encodes every argument in Python, which cost more than the
+# rest of the batch.
+#
+# GETRANGE returns "" for a missing key, so one comparison covers "new stream" and "unchanged".
+# A record whose generation, seq and updated_at (its first 24 bytes) equal the new one's is this
+# very write, landed by an earlier attempt of the same call (the client resends a call that timed
+# out): that counts as written, so a resent call can never look like a lost race and be applied
+# twice.
+# A new generation must sort after everything its log ever held (ids must increase); if it does not
+# (two replicas' clocks), nothing is written and the log's last generation is returned, so the
+# caller retries with a later one.
+# A log created anew (never written, or expired: XADD NOMKSTREAM says so without a command of its
+# own) starts with a floor as its max-deleted-entry-id, an id just below its first event's, so a
+# reader holding an id from an earlier life of the log learns that whatever followed it is gone.
+# A write that starts a new generation (guard "") also publishes "{state key}\n{floor id}" on the
+# plain channel "{prefix}:new-streams" (StateStore.new_streams_channel), so that a prefix
+# subscriber learns of a stream it has not seen: once per generation, never per step.
+# Returns per stream 1 (written), 0 (guard differed: someone else advanced or ended the stream) or
+# the log's last generation as a string (generation too old).
+COMMIT_SCRIPT = (
+    _LOG_LUA
+    + """
+-- The decimal text of the unsigned 64-bit little-endian integer at byte `at` of `s`, exact
+-- (Lua's numbers are doubles: above 2^53 it divides 16-bit limbs by 10^7).
+local function u64(s, at)
+  local lo, hi = struct.unpack('<I4I4', s, at)
+  if hi < 2097152 then return string.format('%.0f', hi * 4294967296 + lo) end
+  local limbs = {math.floor(hi / 65536), hi % 65536, math.floor(lo / 65536), lo % 65536}
+  local text = ''
+  while true do
+    local rem = 0
+    for j = 1, 4 do
+      local cur = rem * 65536 + limbs[j]
+      limbs[j] = math.floor(cur / 10000000)
+      rem = cur - limbs[j] * 10000000
+    end
+    if limbs[1] + limbs[2] + limbs[3] + limbs[4] == 0 then
+      return string.format('%d', rem) .. text
+    end
+    text = string.format('%07d', rem) .. text
+  end
+end
+-- The id of the i-th event of a write's entry (its body: a 17-byte header whose last byte is the
+-- version's length, the version, then each event's generation and seq as u64).
+local function nth_id(entry, i)
+  local body = entry[2][2]
+  local at = 18 + string.byte(body, 17) + 16 * (i - 1)
+  return u64(body, at) .. '-' .. u64(body, at + 8)
+end
+-- How many of an entry's events are at or below id `deleted` (hidden by a trim).
+local function hidden(entry, deleted)
+  if not id_less(deleted, entry[1]) then return size(entry) end
+  if entry[2][1] ~= 'e' or id_less(deleted, nth_id(entry, 1)) then return 0 end
+  local lo, hi = 1, size(entry) - 1
+  while lo < hi do
+    local mid = math.ceil((lo + hi) / 2)
+    if id_less(deleted, nth_id(entry, mid)) then hi = mid - 1 else lo = mid end
+  end
+  return lo
+end
+-- Every entry of the log, oldest first, and the events it holds.
+local function read_all(log, deleted)
+  local all, total, start = {}, 0, '-'
+  while true do
+    local page = redis.call('XRANGE', log, start, '+', 'COUNT', 100)
+    for _, entry in ipairs(page) do
+      all[#all + 1] = entry
+      total = total + size(entry)
+    end
+    if #page < 100 then break end
+    start = '(' .. page[#page][1]
+  end
+  if all[1] then total = total - hidden(all[1], deleted) end
+  return all, total
+end
+-- The smallest id above `id` (what XTRIM MINID keeps from).
+local function incr(text)
+  local i = #text
+  while i > 0 and string.byte(text, i) == 57 do i = i - 1 end
+  if i == 0 then return '1' .. string.rep('0', #text) end
+  return string.sub(text, 1, i - 1) .. string.char(string.byte(text, i) + 1)
+    .. string.rep('0', #text - i)
+end
+local function above(id)
+  local g, s = id_parts(id)
+  if s == '18446744073709551615' then return incr(g) .. '-0' end
+  return g .. '-' .. incr(s)
+end
+-- The bounds, once a write's entry (id `last`) is the log's newest: `count` events held by the
+-- log's counter, `deleted` its max-deleted-entry-id, `head` its first entry (nil: this write's
+-- own). Returns the count and max-deleted id after trimming.
+local function settle(log, last, count, deleted, head, max_len, k, passed, cutoff)
+  -- Walk from the head (known already, unless it is this write's), reading on only as far as
+  -- the cut goes; a log counted by reading it is walked in what was read.
+  local page, at, seen, first = {head}, 1, nil, true
+  local counted = head and head[2][1] == 'v'
+  if counted then page, count = read_all(log, deleted) end
+  local drop = 0
+  if count > max_len and (passed or count >= max_len + k) then drop = count - max_len end
+  if drop == 0 and not (head and aged(head, cutoff)) then return count, deleted end
+  local dropped, cut, removed, old, per, ages = 0, deleted, nil, false, 1, false
+  while true do
+    local entry = page[at]
+    if entry == nil and counted then break end
+    if entry == nil then
+      -- as many entries as the events still to drop take, if they are the size of the last
+      local want = math.min(100, math.max(1, math.ceil((drop - dropped) / per)))
+      if ages then want = math.max(want, 16) end
+      page, at = redis.call('XRANGE', log, seen and '(' .. seen or '-', '+', 'COUNT', want), 1
+      entry = page[1]
+      if entry == nil then break end
+    end
+    at, seen = at + 1, entry[1]
+    local gone = 0
+    if first then gone = hidden(entry, deleted) end
+    first = false
+    if entry[2][1] == 'v' then old = true end
+    per = size(entry)
+    local held = per - gone
+    ages = aged(entry, cutoff)
+    if entry[1] ~= last and (ages or dropped + held <= drop) then
+      dropped, cut, removed = dropped + held, entry[1], entry[1]
+      -- the cut is made: what follows stays (an aged entry behind it waits for a checkpoint)
+      if dropped >= drop and not ages then break end
+    else
+      local part = math.min(drop - dropped, held - 1)
+      if part > 0 then
+        dropped, cut = dropped + part, nth_id(entry, gone + part)
+      end
+      break
     end
   end
-  if drop == 0 then return end
-  redis.call('XTRIM', log, 'MINID', head[drop + 1][1])
-  redis.call('XSETID', log, last_id, 'MAXDELETEDID', head[drop][1])
+  if removed then redis.call('XTRIM', log, 'MINID', above(removed)) end
+  if old and not counted then
+    -- an entry of an earlier log behind entries of this form (both versions wrote during an
+    -- upgrade): its counter may be off, so count what is left
+    local _, left = read_all(log, cut)
+    return left, cut
+  end
+  return count - dropped, cut
+end
+-- The fields of a one-step entry (m t x y r), cut from the write's message body.
+local function one_step(message, now)
+  local inputs, outputs = struct.unpack('<I2I2', message)
+  local v_end = 17 + string.byte(message, 17)
+  local x_at = v_end + 17
+  local y_at = x_at + 8 * inputs
+  local r_at = y_at + 4 * outputs
+  local stamp = ''
+  if #message > r_at then stamp = string.sub(message, r_at + 1, -2) end  -- "[ts]"
+  return {'m', string.sub(message, 18, v_end), 't', now, 'x', string.sub(message, x_at, y_at - 1),
+          'y', string.sub(message, y_at, r_at - 1), 'r', stamp}
 end
 
 local state_ttl = tonumber(ARGV[1])
@@ -113,46 +291,61 @@ local log_ttl = tonumber(ARGV[2])
 local max_len = tonumber(ARGV[3])
 local cutoff = tonumber(ARGV[4])
 local now = ARGV[5]
+local k = math.max(1, math.floor(max_len / 10))
 local written = {}
 local blob = ARGV[6]
 local at = 1
 for i = 1, #KEYS / 2 do
   local key, log = KEYS[2 * i - 1], KEYS[2 * i]
-  local guard, record, channel, prev, floor, version, message, n
-  guard, record, channel, prev, floor, version, message, n, at = struct.unpack(
-    '<I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4', blob, at)
-  local ids, xs, ys, rs = {}, {}, {}, {}
-  for e = 1, n do
-    ids[e], xs[e], ys[e], rs[e], at = struct.unpack('<I4c0I4c0I4c0I4c0', blob, at)
-  end
+  local guard, record, channel, prev, floor, first, last, message, passed
+  guard, record, channel, prev, floor, first, last, message, passed, at = struct.unpack(
+    '<I4c0I4c0I4c0I4c0I4c0I4c0I4c0I4c0B', blob, at)
+  local n = struct.unpack('<I4', message, 5)
   local head = redis.call('GETRANGE', key, 0, 23)
   if string.sub(head, 1, 16) == guard then
-    local len = redis.call('XLEN', log)
-    local fresh = len == 0 and redis.call('EXISTS', log) == 0
-    local ok = true
-    if guard == '' and not fresh then
-      local info = redis.call('XINFO', 'STREAM', log)
-      for j = 1, #info, 2 do
-        if info[j] == 'last-generated-id' then prev = info[j + 1] end
-      end
-      if not id_less(prev, ids[1]) then
-        written[i] = id_parts(prev)
-        ok = false
+    local exists, info = true, nil
+    if guard == '' then
+      exists = redis.call('EXISTS', log) == 1
+      if exists then
+        info = stream_info(log)
+        if id_less(info['last-generated-id'], first) then
+          prev = info['last-generated-id']
+        else
+          written[i] = id_parts(info['last-generated-id'])
+        end
       end
     end
-    if ok then
+    if written[i] == nil then
       if state_ttl > 0 then
         redis.call('SET', key, record, 'PX', state_ttl)
       else
         redis.call('SET', key, record)
       end
-      for e = 1, n do
-        redis.call('XADD', log, ids[e], 'v', version, 't', now, 'x', xs[e], 'y', ys[e], 'r', rs[e])
+      local fields = {'e', message, 't', now}
+      if n == 1 then fields = one_step(message, now) end
+      local added = exists and redis.call('XADD', log, 'NOMKSTREAM', last, unpack(fields))
+      -- count: the events the log holds now, where the write is a checkpoint; counter: what its
+      -- entries-added says after the XADD
+      local count, counter, deleted, oldest
+      passed = passed == 1
+      if not added then
+        redis.call('XADD', log, last, unpack(fields))
+        count, counter, deleted, passed = n, -1, floor, true
+      elseif info then
+        count, counter = info['entries-added'] + n, info['entries-added'] + 1
+        deleted, oldest, passed = info['max-deleted-entry-id'], info['first-entry'], true
+      elseif n > 1 or passed then
+        info = stream_info(log)
+        count, counter = info['entries-added'] + n - 1, info['entries-added']
+        deleted, oldest = info['max-deleted-entry-id'], info['first-entry']
       end
-      if fresh then
-        redis.call('XSETID', log, ids[n], 'MAXDELETEDID', floor)
+      if count then
+        local held, cut = settle(log, last, count, deleted, oldest or nil, max_len, k, passed,
+                                 cutoff)
+        if held ~= counter or cut ~= deleted or not added then
+          redis.call('XSETID', log, last, 'ENTRIESADDED', held, 'MAXDELETEDID', cut)
+        end
       end
-      trim(log, len + n, max_len, cutoff, ids[n])
       if log_ttl > 0 then redis.call('PEXPIRE', log, log_ttl) end
       redis.call('SPUBLISH', channel, prev .. '\\n' .. message)
       if guard == '' then
@@ -171,26 +364,53 @@ for i = 1, #KEYS / 2 do
 end
 return written
 """
+)
 
-# Reads a stream's event log: whether it exists, the last id it ever held, the largest id it ever
-# deleted, and up to ARGV[2] entries after ARGV[1] ("" : from the start), all from one instant.
-# KEYS[1]: the log.
-LOG_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local last, deleted
-for j = 1, #info, 2 do
-  if info[j] == 'last-generated-id' then last = info[j + 1] end
-  if info[j] == 'max-deleted-entry-id' then deleted = info[j + 1] end
+# Reads a stream's event log, all from one instant: whether it exists, the last id it ever held,
+# the largest id a reader may no longer get, and the entries after ARGV[1] ("": from the start)
+# holding about ARGV[2] events (whole entries, so up to one entry's more), and whether more
+# follow. ARGV[3]: the reader's age cutoff in Unix ms (0: none): entries at the head older than it
+# count as deleted (the age bound applied on read). KEYS[1]: the log.
+LOG_SCRIPT = (
+    _LOG_LUA
+    + """
+local log = KEYS[1]
+if redis.call('EXISTS', log) == 0 then return {0} end
+local info = stream_info(log)
+local last, deleted = info['last-generated-id'], info['max-deleted-entry-id']
+local want, cutoff = tonumber(ARGV[2]), tonumber(ARGV[3])
+local entries, more = {}, 0
+if want > 0 then
+  local head = info['first-entry']
+  if head and aged(head, cutoff) then
+    local start, stop = '-', false
+    while not stop do
+      local page = redis.call('XRANGE', log, start, '+', 'COUNT', 100)
+      for _, entry in ipairs(page) do
+        if not aged(entry, cutoff) then
+          stop = true
+          break
+        end
+        if id_less(deleted, entry[1]) then deleted = entry[1] end
+      end
+      if #page < 100 then stop = true end
+      if not stop then start = '(' .. page[#page][1] end
+    end
+  end
+  local from = ARGV[1]
+  if from == '' or id_less(from, deleted) then from = deleted end
+  local page = redis.call('XRANGE', log, '(' .. from, '+', 'COUNT', want)
+  local events = 0
+  for j, entry in ipairs(page) do
+    entries[j] = entry
+    events = events + size(entry)
+    if events >= want then break end
+  end
+  if #entries < #page or #page == want then more = 1 end
 end
-local entries = {}
-if tonumber(ARGV[2]) > 0 then
-  local start = '-'
-  if ARGV[1] ~= '' then start = '(' .. ARGV[1] end
-  entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', ARGV[2])
-end
-return {1, last, deleted, entries}
+return {1, last, deleted, entries, more}
 """
+)
 
 T = TypeVar("T")
 
@@ -204,13 +424,14 @@ class StreamKeys(NamedTuple):
 
 
 class LogAppend(NamedTuple):
-    """The events of one write: appended to the stream's log and announced on its channel."""
+    """The events of one write: one entry of the stream's log, and its announcement."""
 
     prev: str  # the event id just before the first ("" for a new generation: the log knows)
     floor: str  # an id just below the first event's, marking where a log created anew begins
-    version: str  # the model version, stored with every event
-    entries: Sequence[tuple[str, bytes, bytes, bytes]]  # (id, values, prediction, reading ts)
-    message: bytes  # the live message's body (events.encode_message)
+    first: str  # the write's first event id
+    last: str  # its last event id: the log entry's id
+    message: bytes  # the live message's body, from which the script makes the log entry
+    seqs: tuple[int, int]  # the seq before the first (the previous one's, if known) and the last
 
 
 @dataclass(frozen=True)
@@ -232,8 +453,11 @@ class LogChunk:
 
     exists: bool
     last_id: str  # the last id the log ever held ("" when it does not exist)
-    deleted_id: str  # the largest id it ever deleted ("0-0": none)
+    # The largest event id a reader can no longer get ("0-0": none): removed by a trim, hidden in
+    # an entry a trim cut through, or older than the reader's age cutoff.
+    deleted_id: str
     entries: list[tuple[str, dict[bytes, bytes]]]  # (id, fields), oldest first
+    more: bool = False  # the read stopped at its count: more entries may follow
 
 
 class StateStore:
@@ -418,7 +642,7 @@ class StateStore:
         keys: list[str] = []
         for w in writes:
             keys += [w.keys.state, w.keys.log]
-        out = await client.evalsha(sha, len(keys), *keys, *head, _pack_writes(writes))
+        out = await client.evalsha(sha, len(keys), *keys, *head, _pack_writes(writes, head[2]))
         return [_written(flag) for flag in out]
 
     async def _commit_cluster(
@@ -432,22 +656,31 @@ class StateStore:
                 # redis-py blocks its evalsha() helper in cluster pipelines; the command itself
                 # is routed by its key like any other.
                 pipe.execute_command(
-                    "EVALSHA", sha, 2, w.keys.state, w.keys.log, *head, _pack_writes([w])
+                    "EVALSHA", sha, 2, w.keys.state, w.keys.log, *head, _pack_writes([w], head[2])
                 )
             return list(await pipe.execute(raise_on_error=False))
 
-    async def read_log(self, log_key: str, after: str, count: int) -> LogChunk:
-        """Up to ``count`` events after id ``after`` ("": from the start), with the log's bounds."""
+    async def read_log(
+        self, log_key: str, after: str, count: int, max_age_ms: int = 0, now_ms: int | None = None
+    ) -> LogChunk:
+        """The entries after id ``after`` ("": from the start) holding about ``count`` events
+        (whole entries: up to one entry's more), with the log's bounds. With ``max_age_ms``, the
+        entries older than that (at ``now_ms``, by default this process's clock) count as
+        deleted. The first entry may hold events at or below ``after`` or ``deleted_id``:
+        ``events.log_events`` drops them."""
+        cutoff = 0
+        if max_age_ms > 0:
+            cutoff = (int(time.time() * 1000) if now_ms is None else now_ms) - max_age_ms
 
         async def read(client: Redis | RedisCluster) -> LogChunk:
-            reply = await client.eval(LOG_SCRIPT, 1, log_key, after, count)
+            reply = await client.eval(LOG_SCRIPT, 1, log_key, after, count, cutoff)
             if not reply[0]:
                 return LogChunk(False, "", "0-0", [])
             entries = [
                 (_text(entry_id), dict(zip(fields[::2], fields[1::2], strict=True)))
                 for entry_id, fields in reply[3]
             ]
-            return LogChunk(True, _text(reply[1]), _text(reply[2]), entries)
+            return LogChunk(True, _text(reply[1]), _text(reply[2]), entries, bool(reply[4]))
 
         return await self._call("read_log", read)
 
@@ -562,11 +795,12 @@ def _written(flag: int | bytes) -> bool | int:
 _U32 = struct.Struct("<I")
 
 
-def _pack_writes(writes: Sequence[Write]) -> bytes:
+def _pack_writes(writes: Sequence[Write], max_len: int) -> bytes:
     """Every write's script arguments as one string (the layout: ``COMMIT_SCRIPT``)."""
     parts: list[bytes] = []
     add = parts.append
     u32 = _U32.pack
+    k = max(1, max_len // 10)  # as the script's k
     for w in writes:
         log = w.log
         for text in (
@@ -575,20 +809,12 @@ def _pack_writes(writes: Sequence[Write]) -> bytes:
             w.keys.channel.encode(),
             log.prev.encode(),
             log.floor.encode(),
-            log.version.encode(),
+            log.first.encode(),
+            log.last.encode(),
             log.message,
         ):
             add(u32(len(text)))
             add(text)
-        add(u32(len(log.entries)))
-        for event_id, values, prediction, stamp in log.entries:
-            encoded = event_id.encode()
-            add(u32(len(encoded)))
-            add(encoded)
-            add(u32(len(values)))
-            add(values)
-            add(u32(len(prediction)))
-            add(prediction)
-            add(u32(len(stamp)))
-            add(stamp)
+        before, last = log.seqs
+        add(b"\x01" if before // k != last // k else b"\x00")
     return b"".join(parts)
