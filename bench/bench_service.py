@@ -31,6 +31,7 @@ what was in flight when wrk stopped). The machine is shared: compare figures wit
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import statistics
@@ -346,9 +347,10 @@ def _variant_rounds(
     fill)."""
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
     for _ in range(args.rounds):
-        for index, (name, (extra_env, tree)) in enumerate(variants.items()):
+        for name, (extra_env, tree) in variants.items():
             argv = harness.service_argv(args.workers, *SERVICE_LIMITS)
-            env = {"REDIS_URL": redis.url, "LSTM_KEY_PREFIX": f"variant{index}", **extra_env}
+            prefix = "v" + hashlib.sha1(name.encode()).hexdigest()[:12]
+            env = {"REDIS_URL": redis.url, "LSTM_KEY_PREFIX": prefix, **extra_env}
             with harness.http_process(argv, work, "service", env, cwd=tree) as service:
                 for case, (script, concurrency, per_request) in cases.items():
                     _warm_up(script, service, work, concurrency)
