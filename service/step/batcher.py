@@ -3,13 +3,14 @@
 Handlers validate a request, turn it into units (one per stream) and ``submit`` them. One loop
 takes everything queued (up to ``batch_max_readings``), reads every stream's record in one round
 trip (per node, on a cluster; a stream whose record this process wrote last is planned from that
-record instead, ``state_cache.py``), plans each stream (``plan.py``), runs each model over the
-streams with new readings (one call per length bucket, ragged lengths through ``seq_lens``), and
-writes every advanced stream with compare-and-set in one round trip, together with one event per
-applied step. While that batch is in flight, new readings queue, and once as many are queued as it
-took, a second batch over other streams may start; no timer is involved, so a lone reading waits
-for nothing but its own work. A stream whose write lost a race goes back to the front of the queue
-and is recomputed from the state that won; the other streams of the batch are answered.
+record instead, ``state_cache.py``), plans the simple streams as columns (``columns.py``: one model
+call per shape of units) and the others one by one (``plan.py``: one model call per length
+bucket, ragged lengths through ``seq_lens``), and writes every advanced stream with
+compare-and-set in one round trip, together with one event-log entry per write. While that batch
+is in flight, new readings queue, and once as many are queued as it took, a second batch over
+other streams may start; no timer is involved, so a lone reading waits for nothing but its own
+work. A stream whose write lost a race goes back to the front of the queue and is recomputed from
+the state that won; the other streams of the batch are answered.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ MAX_BATCHES_IN_FLIGHT = 2
 # second batch as large as a bulk batch of thousands cost the bulk path a tenth of its rate
 # (bench_service.py compare).
 SECOND_BATCH_READINGS = 32
+
+# Streams whose units take the columnar path together: one model, the same reading counts.
+Bucket = tuple[str, tuple[int, ...]]
 
 # A stream that keeps losing compare-and-set races this many times is answered 503 rather than
 # retried forever (it would take a writer advancing the stream between every read and write).
@@ -259,14 +263,12 @@ class Batcher:
         unread: list[str] = []
         from_cache: set[str] = set()
         cache = self._cache
-        Bucket = tuple[str, tuple[int, ...]]  # a model, and the reading counts of a stream's units
         simple_cached: dict[Bucket, list[tuple[str, bytes | None]]] = {}
         for key, units in groups.items():
             cached = cache.get(key) if cache is not None else None
             if cached is not None:
                 if simple(units):
-                    bucket = (units[0].model.name, shape_of(units))
-                    simple_cached.setdefault(bucket, []).append((key, cached))
+                    simple_cached.setdefault(_bucket(units), []).append((key, cached))
                     continue
                 plan = self._plan(key, units, cached)
                 if all(type(o) is Applied for o in plan.outcomes):
@@ -293,8 +295,7 @@ class Batcher:
             for key, raw in zip(unread, raws, strict=True):
                 units = groups[key]
                 if simple(units):
-                    bucket = (units[0].model.name, shape_of(units))
-                    simple_read.setdefault(bucket, []).append((key, raw))
+                    simple_read.setdefault(_bucket(units), []).append((key, raw))
                 else:
                     plans.append(self._plan(key, units, raw))
             for bucket, entries in simple_read.items():
@@ -348,66 +349,81 @@ class Batcher:
             self._record_stats(tallies, started, (inferring, inferred))
             return
 
-        hits = stale = 0
-        for plan, write, outcome in zip(writing, writes, written, strict=False):
-            if outcome is True:
-                if cache is not None:
-                    cache.put(plan.key, write.record)
+        cached_outcomes: Counter[str] = Counter()  # lstm_state_cache_total's hit and stale
+        n = len(writing)
+        for plan, write, outcome in zip(writing, writes[:n], written[:n], strict=True):
+            if self._landed(
+                plan.key,
+                outcome,
+                write.record,
+                plan.units,
+                from_cache,
+                cached_outcomes,
+                conflicts,
+                tallies,
+            ):
                 self._answer(plan, outputs[id(plan)].y, counts, tallies)
-                deferred.extend(plan.deferred)
-                if plan.key in from_cache:
-                    hits += 1
-                continue
-            if cache is not None:
-                cache.drop(plan.key)
-            if isinstance(outcome, ServiceError):  # that stream's Redis node failed
-                self._fail(plan.units, outcome, tallies)
-            else:
-                if outcome is not False:
-                    # A new generation that does not sort after the stream's event log (another
-                    # replica's clock is ahead): the next attempt starts after the log's.
-                    self._last_generation = max(self._last_generation, outcome)
-                if plan.key in from_cache:
-                    stale += 1  # planned from a record that was no longer current
-                else:
-                    self.metrics.cas_conflicts.inc()
-                conflicts.extend(plan.units)
             deferred.extend(plan.deferred)
-        at = len(writing)
+        at = n
         for cols, out in zip(columns, column_outputs, strict=True):
-            answered: list[int] = []
-            for i, key in enumerate(cols.keys):
-                outcome = written[at + i]
-                if outcome is True:
-                    if cache is not None:
-                        cache.put(key, writes[at + i].record)
-                    answered.append(i)
-                    if key in from_cache:
-                        hits += 1
-                    continue
-                if cache is not None:
-                    cache.drop(key)
-                units = cols.units[i]
-                if isinstance(outcome, ServiceError):
-                    self._fail(units, outcome, tallies)
-                    continue
-                if outcome is not False:
-                    self._last_generation = max(self._last_generation, outcome)
-                if key in from_cache:
-                    stale += 1
-                else:
-                    self.metrics.cas_conflicts.inc()
-                conflicts.extend(units)
+            answered = [
+                i
+                for i, key in enumerate(cols.keys)
+                if self._landed(
+                    key,
+                    written[at + i],
+                    writes[at + i].record,
+                    cols.units[i],
+                    from_cache,
+                    cached_outcomes,
+                    conflicts,
+                    tallies,
+                )
+            ]
             at += len(cols)
             self._answer_columns(cols, out[0], answered, counts, tallies)
-        if hits:
-            self._cache_results["hit"].inc(hits)
-        if stale:
-            self._cache_results["stale"].inc(stale)
+        for result, times in cached_outcomes.items():
+            self._cache_results[result].inc(times)
         self._count(counts)
         self._requeue(deferred, contended=False)
         self._requeue(conflicts)
         self._record_stats(tallies, started, (inferring, inferred))
+
+    def _landed(
+        self,
+        key: str,
+        outcome: bool | int | ServiceError,
+        record: bytes,
+        units: list[Unit],
+        from_cache: set[str],
+        cached_outcomes: Counter[str],
+        conflicts: list[Unit],
+        tallies: dict[str, Tally],
+    ) -> bool:
+        """Whether a stream's write landed; the cache follows the outcome, and the units of a
+        write that did not land are failed (its Redis node failed) or go back for another try."""
+        cache = self._cache
+        if outcome is True:
+            if cache is not None:
+                cache.put(key, record)
+            if key in from_cache:
+                cached_outcomes["hit"] += 1
+            return True
+        if cache is not None:
+            cache.drop(key)
+        if isinstance(outcome, ServiceError):  # that stream's Redis node failed
+            self._fail(units, outcome, tallies)
+            return False
+        if outcome is not False:
+            # A new generation that does not sort after the stream's event log (another
+            # replica's clock is ahead): the next attempt starts after the log's.
+            self._last_generation = max(self._last_generation, outcome)
+        if key in from_cache:
+            cached_outcomes["stale"] += 1  # planned from a record that was no longer current
+        else:
+            self.metrics.cas_conflicts.inc()
+        conflicts.extend(units)
+        return False
 
     def _columns(
         self,
@@ -743,6 +759,10 @@ class Batcher:
         self.metrics.queue_readings.set(self._queued_readings)
         if keep:
             self._wakeup.set()
+
+
+def _bucket(units: list[Unit]) -> Bucket:
+    return units[0].model.name, shape_of(units)
 
 
 def _held_prediction(held: np.ndarray | int, y: np.ndarray | None) -> list[float]:
