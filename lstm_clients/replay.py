@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from .auth import add_token_argument, auth_headers
 from .sse import read_events
 
 __all__ = ["main"]
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch", type=int, default=500, help="readings per request without --rate (default 500)"
     )
+    add_token_argument(parser)
     return parser
 
 
@@ -72,14 +74,15 @@ class _Client:
         return f"{self.base}/v1{model}{suffix}"
 
     async def request(self, method: str, url: str, body: Any = None) -> tuple[int, Any]:
-        """(status, JSON), retrying 503s and connection failures until they stop."""
+        """(status, JSON), retrying 503s, 429s (a tenant's quota) and connection failures until
+        they stop, each after the wait the service asks for."""
         delay = 0.5
         while True:
             try:
                 async with self.session.request(method, url, json=body) as answer:
                     text = await answer.text()
                     data: Any = json.loads(text) if text else None
-                    if answer.status != 503:
+                    if answer.status not in (429, 503):
                         return answer.status, data
                     wait = float(answer.headers.get("Retry-After", delay))
                     _note(f"service busy ({data['error']['code']}); retrying in {wait:g} s")
@@ -169,7 +172,7 @@ async def replay(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise ReplayError("--batch must be at least 1")
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout, headers=auth_headers(args.token)) as session:
         client = _Client(session, args.url, args.model)
         status, info = await client.request(
             "GET", client.path("") if args.model else f"{client.base}/v1/models"

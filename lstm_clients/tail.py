@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from .auth import add_token_argument, auth_headers
 from .sse import read_events
 
 __all__ = ["main"]
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--count", type=int, default=0, help="exit after this many events (0: run until Ctrl-C)"
     )
+    add_token_argument(parser)
     return parser
 
 
@@ -67,7 +69,7 @@ async def tail(args: argparse.Namespace) -> int:
     if args.table:
         print(f"{'stream':<24} {'seq':>8} {'ts':>16}  {'values':<16} prediction", flush=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout, headers=auth_headers(args.token)) as session:
         while True:
             headers = {"Last-Event-ID": cursor} if cursor else {}
             try:
