@@ -21,6 +21,7 @@ import aiohttp
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from prometheus_harness import PrometheusServer, prometheus_tool
 from service_harness import (
     ROOT,
     RedisServer,
@@ -349,6 +350,41 @@ def test_the_metrics_token(
         assert scraped.status == 200
         assert 'lstm_http_errors_total{code="unauthenticated"}' in scraped.body
         assert call("GET", service.url + "/healthz").status == 200
+
+
+@pytest.mark.slow
+def test_prometheus_scrapes_with_the_metrics_token_from_a_credentials_file(
+    redis_server: RedisServer, service_factory: Callable[..., ServiceProcess], tmp_path: Path
+) -> None:
+    """What deploy/prometheus.yml's comment says to do, with a real Prometheus."""
+    prometheus_tool("prometheus")
+    secret = tmp_path / "metrics-token"
+    secret.write_text(new_token() + "\n")
+    service = service_factory(
+        "--metrics-token-file", str(secret), env={"REDIS_URL": redis_server.url}
+    )
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text(new_token())
+    target = f"127.0.0.1:{service.port}"
+    prometheus = PrometheusServer(tmp_path / "prometheus", [target])
+    job = prometheus.config["scrape_configs"][0]
+    prometheus.config["scrape_configs"] = [
+        {**job, "authorization": {"credentials_file": str(secret)}},
+        {**job, "job_name": "wrong", "authorization": {"credentials_file": str(wrong)}},
+    ]
+    prometheus.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            up = {labels["job"]: value for labels, value in prometheus.query("up")}
+            if len(up) == 2:
+                break
+            assert time.monotonic() < deadline, prometheus.log()
+            time.sleep(0.25)
+        assert up == {"lstm-serve": 1.0, "wrong": 0.0}
+        assert prometheus.query('lstm_redis_up{job="lstm-serve"}')[0][1] == 1.0
+    finally:
+        prometheus.stop()
 
 
 # -- start-up ----------------------------------------------------------------------------------
