@@ -314,7 +314,7 @@ def charge_readings(request: web.Request, count: int) -> None:
     fit. A request is charged whole: a bulk request over the remaining budget is refused whole,
     none of its items applied. No-op without authentication or for a tenant without a quota."""
     principal: Principal | None = request.get(PRINCIPAL)
-    if principal is None:
+    if principal is None or count <= 0:  # (a bulk request of invalid items only queues none)
         return
     registry = request.app[AUTHENTICATOR].registry
     assert registry is not None  # a principal comes from it
