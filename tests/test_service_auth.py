@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +233,43 @@ def test_a_valid_token_comes_before_any_404_413_or_unknown_path(
     assert call("POST", url + "/v1/streams/s/readings", raw=big, headers=bearer(WRITER)).status == (
         413
     )
+
+
+def test_a_valid_token_comes_before_a_503(
+    redis_factory: Callable[[], RedisServer],
+    service_factory: Callable[..., ServiceProcess],
+    tokens_file: Path,
+    stream_id: str,
+) -> None:
+    """A full queue (readings stuck behind a frozen Redis: two batches in flight, one reading
+    queued) answers 503 only to requests with a valid token."""
+    redis = redis_factory()
+    service = service_factory(
+        "--auth-tokens", str(tokens_file), "--queue-max-readings", "1",
+        "--request-max-readings", "1",
+        env={"REDIS_URL": redis.url, "LSTM_REDIS_TIMEOUT_S": "10"},
+    )  # fmt: skip
+    url = f"{service.url}/v1/streams/{stream_id}"
+    assert redis.process is not None
+    os.kill(redis.process.pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            stuck = [
+                pool.submit(
+                    call, "POST", f"{url}-{k}/readings", {"values": [1.0]}, headers=bearer(WRITER)
+                )
+                for k in range(4)
+            ]
+            time.sleep(1.5)
+            full = call("POST", url + "/readings", {"values": [24.0]}, headers=bearer(WRITER))
+            assert full.status == 503 and full.body["error"]["code"] == "overloaded"
+            for headers in ({}, bearer(new_token())):
+                refused = call("POST", url + "/readings", {"values": [1.0]}, headers=headers)
+                assert refused.status == 401, refused.body
+            os.kill(redis.process.pid, signal.SIGCONT)
+            assert {f.result().status for f in stuck} <= {200, 503}
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
 
 
 def test_the_event_routes_take_the_token_as_access_token(
