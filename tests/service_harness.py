@@ -23,6 +23,8 @@ import aiohttp
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.core.auth import hash_token
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -297,3 +299,25 @@ def json_log_records(text: str) -> list[dict[str, Any]]:
         assert isinstance(record, dict), line
         records.append(record)
     return records
+
+
+def write_tokens_file(
+    path: Path,
+    tokens: Mapping[str, tuple[str, str, list[str]]],
+    tenants: Mapping[str, Mapping[str, float]] | None = None,
+) -> Path:
+    """A tokens file: ``tokens`` maps an entry's name to (token, tenant, scopes)."""
+    doc: dict[str, Any] = {
+        "tokens": [
+            {"name": name, "sha256": hash_token(token), "tenant": tenant, "scopes": scopes}
+            for name, (token, tenant, scopes) in tokens.items()
+        ]
+    }
+    if tenants is not None:
+        doc["tenants"] = tenants
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

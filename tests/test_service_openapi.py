@@ -1,6 +1,10 @@
 """The OpenAPI document at /openapi.json is valid OpenAPI, documents exactly the routes the app
 registers, and every answer a real service gives over real HTTP (successes and every error we can
-provoke, Redis outages and a full queue included) is one the document allows."""
+provoke, Redis outages and a full queue included) is one the document allows.
+
+The real services run with authentication on (a tokens file and a metrics token), so that their
+documents carry the security of every operation, and the 401, 403 and 429 answers are checked
+against them like any other; the fuzzer gets a token too."""
 
 from __future__ import annotations
 
@@ -28,12 +32,21 @@ from jsonschema.exceptions import ValidationError
 from openapi_spec_validator import validate as validate_openapi
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
-from service_harness import RedisServer, Response, ServiceProcess, call
+from service_harness import (
+    RedisServer,
+    Response,
+    ServiceProcess,
+    bearer,
+    call,
+    write_tokens_file,
+)
 from sse_client import SseStream
 
 from service import Settings, create_app
+from service.api.authn import ROUTE_SCOPES
 from service.api.openapi import openapi_document
 from service.core.errors import ServiceError
+from service.process.tokens_cli import new_token
 from service.step.model import load_models
 
 LONG = "/v1/models/{model}"
@@ -42,6 +55,50 @@ V2_MODEL = "/v2/models/{model}"
 V2_VERSION = V2_MODEL + "/versions/{version}"
 BINARY = "application/octet-stream"
 HEADER_LENGTH = "Inference-Header-Content-Length"
+
+# Every scope; each of every scope but one (403s); a tenant whose quota is spent at once (429s).
+ALL, NO_READ, NO_WRITE, NO_ADMIN, SPENT = (new_token() for _ in range(5))
+WITHOUT = {"read": NO_READ, "write": NO_WRITE, "admin": NO_ADMIN}
+METRICS_TOKEN = new_token()
+
+
+@pytest.fixture(scope="module")
+def auth_args(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The flags that turn authentication on, with the tokens above."""
+    directory = tmp_path_factory.mktemp("auth")
+    tokens = write_tokens_file(
+        directory / "tokens.json",
+        {
+            "all": (ALL, "default", ["read", "write", "admin"]),
+            "no-read": (NO_READ, "default", ["write", "admin"]),
+            "no-write": (NO_WRITE, "default", ["read", "admin"]),
+            "no-admin": (NO_ADMIN, "default", ["read", "write"]),
+            "spent": (SPENT, "spent", ["write"]),
+        },
+        {"spent": {"readings_per_s": 0.001}},
+    )
+    (directory / "metrics-token").write_text(METRICS_TOKEN)
+    return ["--auth-tokens", str(tokens), "--metrics-token-file", str(directory / "metrics-token")]
+
+
+@pytest.fixture(scope="module")
+def service(
+    redis_server: RedisServer,
+    auth_args: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServiceProcess]:
+    """The service on the bundled demo model with authentication on, shared by this module."""
+    proc = ServiceProcess(
+        tmp_path_factory.mktemp("logs"), auth_args, env={"REDIS_URL": redis_server.url}
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def token_for(template: str) -> dict[str, str]:
+    """The header a request to ``template`` is let through with."""
+    return bearer(METRICS_TOKEN if template == "/metrics" else ALL)
 
 
 def registered_routes(app: Any) -> set[tuple[str, str]]:
@@ -195,6 +252,43 @@ def test_every_error_class_is_documented_under_its_status(demo_models: dict[str,
         assert error.code in codes["enum"], (error.__name__, error.status, error.code)
 
 
+def test_each_operation_says_the_token_and_scope_it_needs_and_the_refusals_it_gives(
+    demo_models: dict[str, Any],
+) -> None:
+    guarded = Settings(auth_tokens=Path("tokens.json"), metrics_token_file=Path("metrics"))
+    doc = openapi_document(guarded, demo_models)
+    validate_openapi(doc)
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearerToken"] == {**schemes["bearerToken"], "type": "http", "scheme": "bearer"}
+    assert schemes["accessToken"]["in"] == "query" and schemes["accessToken"]["name"] == (
+        "access_token"
+    )
+    for path, item in doc["paths"].items():
+        v2 = "V2" if path.startswith("/v2") else ""
+        for method, op in item.items():
+            rule = ROUTE_SCOPES[(method.upper(), path)]
+            statuses = set(op["responses"])
+            if rule.scope is None:
+                assert op["security"] == [] and not statuses & {"401", "403", "429"}, path
+            elif rule.scope == "metrics":
+                assert op["security"] == [{"metricsToken": []}] and "403" not in statuses
+                assert op["responses"]["401"] == {"$ref": "#/components/responses/Unauthorized"}
+            else:
+                expected = [{"bearerToken": [rule.scope]}]
+                if rule.query_token:
+                    expected.append({"accessToken": [rule.scope]})
+                assert op["security"] == expected, path
+                assert op["responses"]["401"]["$ref"].endswith(f"/{v2}Unauthorized")
+                assert op["responses"]["403"]["$ref"].endswith(f"/{v2}Forbidden")
+                assert ("429" in statuses) == (rule.scope == "write"), path
+    # Without authentication, the deployment's document asks for no token anywhere.
+    anonymous = openapi_document(Settings(), demo_models)
+    assert anonymous["components"]["securitySchemes"] == {}
+    for item in anonymous["paths"].values():
+        for op in item.values():
+            assert op["security"] == [] and not set(op["responses"]) & {"401", "403", "429"}
+
+
 def test_every_route_is_documented_and_every_documented_route_exists(
     demo_models: dict[str, Any],
 ) -> None:
@@ -274,10 +368,14 @@ class Driver:
         stream: str = "",
         query: str = "",
         version: str = "1",
+        auth: dict[str, str] | None = None,
         **kw: Any,
     ) -> Response:
+        """``auth``: the request's Authorization header (default: a token it is let through
+        with; ``{}`` for none)."""
         path = template.replace("{model}", model).replace("{stream}", stream) + query
         path = path.replace("{version}", version)
+        kw["headers"] = {**(token_for(template) if auth is None else auth), **kw.get("headers", {})}
         return self.contract.check(method, template, _call(method, self.url + path, **kw))
 
 
@@ -350,7 +448,8 @@ def _events_scenario(api: Driver, prefix: str, stream: str) -> None:
     api("POST", prefix + "/streams/{stream}/readings", stream=stream, body={"values": [24.0]})
     url = api.url + events.replace("{model}", "elnino").replace("{stream}", stream)
     fields: dict[str, str] = {}
-    with urllib.request.urlopen(url + "?from=start", timeout=10) as answer:
+    request = urllib.request.Request(url + "?from=start", headers=bearer(ALL))
+    with urllib.request.urlopen(request, timeout=10) as answer:
         assert answer.status == 200
         assert answer.headers["Content-Type"].split(";")[0] == "text/event-stream"
         for line in answer:  # up to the blank line that ends the first event
@@ -376,7 +475,7 @@ def _subscriptions_scenario(api: Driver, prefix: str, stream: str) -> None:
     readings = prefix + "/streams/{stream}/readings"
     api("POST", readings, stream=stream, body={"values": [24.0]})
     url = api.url + multi.replace("{model}", "elnino") + f"?streams={stream},{stream}-b&from=start"
-    with SseStream(url) as events:
+    with SseStream(url, headers=bearer(ALL)) as events:
         assert events.status == 200
         assert events.headers["Content-Type"].split(";")[0] == "text/event-stream"
         first = events.take(2)
@@ -397,7 +496,9 @@ def _subscriptions_scenario(api: Driver, prefix: str, stream: str) -> None:
     async def websocket() -> dict[str, Any]:
         async with (
             aiohttp.ClientSession() as session,
-            session.ws_connect(api.url + ws_path.replace("{model}", "elnino")) as ws,
+            session.ws_connect(
+                api.url + ws_path.replace("{model}", "elnino"), headers=bearer(ALL)
+            ) as ws,
         ):
             await ws.send_json({"op": "subscribe", "streams": [stream], "from": "start"})
             while True:
@@ -496,8 +597,49 @@ def _v2_scenarios(api: Driver, stream_id: str) -> None:
         assert api("POST", infer, raw=b"{" + b" " * (1024 * 1024)).status == 413
 
 
+def _valid_body(method: str, template: str, stream: str) -> Any:
+    """A body the route would take (so that only the token can be what refuses it)."""
+    if method != "POST":
+        return None
+    if template.endswith("/streams/{stream}/readings"):
+        return {"values": [24.0]}
+    if template.endswith("/readings"):
+        return {"readings": [{"stream": stream, "values": [24.0]}]}
+    if template.endswith("/infer"):
+        return _v2_infer_body(stream, [24.0])
+    return {}
+
+
+def _auth_scenarios(api: Driver, stream_id: str) -> None:
+    """Every guarded operation answers a request without a token 401 and one whose token lacks
+    its scope 403; every writing one answers a tenant whose quota is spent 429."""
+    for template, item in api.contract.doc["paths"].items():
+        for lower, op in item.items():
+            method = lower.upper()
+            responses = op["responses"]
+            stream = f"{stream_id}-auth"
+            body = _valid_body(method, template, stream)
+            if "401" in responses:
+                for auth in ({}, bearer(new_token())):
+                    assert api(method, template, stream=stream, body=body, auth=auth).status == 401
+            if "403" in responses:
+                scope = ROUTE_SCOPES[(method, template)].scope
+                assert scope is not None
+                lacking = bearer(WITHOUT[scope])
+                assert api(method, template, stream=stream, body=body, auth=lacking).status == 403
+            if "429" in responses:
+                # The tenant's bucket holds one reading, refilled in 1000 s: the first of these
+                # requests (of all the writing routes) may pass, the second never does.
+                for _ in range(2):
+                    spent = api(method, template, stream=stream, body=body, auth=bearer(SPENT))
+                assert spent.status == 429, (template, spent.body)
+    for path, component in (("/v1/nothing", "Unauthorized"), ("/v2/nothing", "V2Unauthorized")):
+        api.contract.check_component(component, call("GET", api.url + path))
+
+
 def test_every_answer_of_a_real_service_is_documented(
     service: ServiceProcess,
+    auth_args: list[str],
     redis_server: RedisServer,
     redis_factory: Callable[[], RedisServer],
     service_factory: Callable[..., ServiceProcess],
@@ -520,16 +662,20 @@ def test_every_answer_of_a_real_service_is_documented(
         answer = api(method, template, model="nope", stream=stream_id, body={"values": [1]})
         assert answer.body["error"]["code"] == "model_not_found"
     assert api("POST", LONG + "/readings", model="nope", body={"readings": []}).status == 404
-    api.contract.check_component("UnknownPath", call("GET", service.url + "/v1/nothing"))
-    wrong = call("PUT", f"{service.url}/v1/streams/{stream_id}", {"values": [1]})
+    let_in = bearer(ALL)
+    nothing = call("GET", service.url + "/v1/nothing", headers=let_in)
+    api.contract.check_component("UnknownPath", nothing)
+    wrong = call("PUT", f"{service.url}/v1/streams/{stream_id}", {"values": [1]}, headers=let_in)
     api.contract.check_component("MethodNotAllowed", wrong)
     _v2_scenarios(api, stream_id)
-    api.contract.check_component("V2UnknownPath", call("GET", service.url + "/v2/nothing"))
-    wrong = call("PUT", f"{service.url}/v2/models/elnino/infer", {"inputs": []})
+    nothing = call("GET", service.url + "/v2/nothing", headers=let_in)
+    api.contract.check_component("V2UnknownPath", nothing)
+    wrong = call("PUT", f"{service.url}/v2/models/elnino/infer", {"inputs": []}, headers=let_in)
     api.contract.check_component("V2MethodNotAllowed", wrong)
+    _auth_scenarios(api, stream_id)
 
-    _several_models(service, redis_server, service_factory, stream_id, tmp_path, seen)
-    _outage(redis_factory, service_factory, stream_id, seen)
+    _several_models(service, redis_server, service_factory, stream_id, tmp_path, seen, auth_args)
+    _outage(redis_factory, service_factory, stream_id, seen, auth_args)
 
     missed = api.contract.expected(registered) - seen
     assert not missed, f"documented answers never exercised: {sorted(missed)}"
@@ -542,21 +688,25 @@ def _several_models(
     stream_id: str,
     tmp_path: Path,
     seen: set[tuple[str, str, str]],
+    auth_args: list[str],
 ) -> None:
     """Two models and no default (the short paths answer 404), one of them a new version of the
     demo model on the same Redis (streams the demo model wrote answer 409)."""
     newer = _model_copy(tmp_path, "elnino", version="0000000000000001")
     other = _model_copy(tmp_path, "sst")
     multi = service_factory(
-        "--model", str(newer), "--model", str(other), env={"REDIS_URL": redis_server.url}
-    )
+        "--model", str(newer), "--model", str(other), *auth_args,
+        env={"REDIS_URL": redis_server.url},
+    )  # fmt: skip
     api = Driver(multi, seen)
     assert api.contract.doc["components"]["parameters"]["Model"]["schema"]["enum"] == [
         "elnino",
         "sst",
     ]
     old = f"{stream_id}-old"
-    call("POST", f"{service.url}/v1/streams/{old}/readings", {"values": [24.0]})
+    call(
+        "POST", f"{service.url}/v1/streams/{old}/readings", {"values": [24.0]}, headers=bearer(ALL)
+    )
     path = LONG + "/streams/{stream}/readings"
     refused = api("POST", path, stream=old, body={"values": [24.0]})
     assert refused.body["error"]["code"] == "model_version_mismatch"
@@ -585,12 +735,13 @@ def _outage(
     service_factory: Callable[..., ServiceProcess],
     stream_id: str,
     seen: set[tuple[str, str, str]],
+    auth_args: list[str],
 ) -> None:
     """A frozen Redis (SIGSTOP: connections hang) behind a queue of one reading: requests time out
     with 503 redis_unavailable, or find the queue full and get 503 overloaded at once."""
     redis = redis_factory()
     unavailable = service_factory(
-        "--queue-max-readings", "1", "--request-max-readings", "1",
+        "--queue-max-readings", "1", "--request-max-readings", "1", *auth_args,
         env={"REDIS_URL": redis.url, "LSTM_REDIS_TIMEOUT_S": "1"},
     )  # fmt: skip
     api = Driver(unavailable, seen)
@@ -664,7 +815,8 @@ def test_a_fuzzer_driven_by_the_document_finds_no_server_error_and_no_undocument
     service: ServiceProcess, tmp_path: Path
 ) -> None:
     """Schemathesis reads /openapi.json, generates valid and invalid requests for every operation
-    (a fixed, deterministic set, bounded by --max-examples) and checks each answer against it."""
+    (a fixed, deterministic set, bounded by --max-examples) and checks each answer against it;
+    authentication is on, and it sends a token with every scope."""
     # An event stream never ends, so a fuzzer would wait on each valid request until its timeout;
     # _events_scenario checks those answers against the document instead.
     skipped = [
@@ -678,6 +830,9 @@ def test_a_fuzzer_driven_by_the_document_finds_no_server_error_and_no_undocument
         "--url", service.url, "--max-examples", "25", "--generation-deterministic",
         "--phases", "examples,coverage,fuzzing", "--checks", ",".join(FUZZ_CHECKS),
         "--request-timeout", "10", "--no-color",
+        # A token with every scope: the fuzzer explores what lies behind authentication (its
+        # refusals are exercised, and checked, by the contract test above).
+        "--header", f"Authorization: Bearer {ALL}",
     ]  # fmt: skip
     for path in skipped:
         args += ["--exclude-path", path]

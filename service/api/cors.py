@@ -17,8 +17,8 @@ from aiohttp import web
 __all__ = ["add_cors"]
 
 ALLOWED_METHODS = "GET, POST, DELETE"
-ALLOWED_HEADERS = {"content-type", "last-event-id", "x-request-id"}
-EXPOSED_HEADERS = "Retry-After, X-Request-Id"
+ALLOWED_HEADERS = {"authorization", "content-type", "last-event-id", "x-request-id"}
+EXPOSED_HEADERS = "Retry-After, WWW-Authenticate, X-Request-Id"
 PREFLIGHT_MAX_AGE_S = 600
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -36,6 +36,7 @@ from ..push.subscriber import gap_body
 from ..step.events import Event, EventId, LiveBatch, format_id, log_events, parse_event_id
 from ..step.state_store import LogChunk
 from .app_keys import HUB, SETTINGS, STORE
+from .authn import end_on_revocation
 from .routes_v1 import model_for
 
 __all__ = ["CLOSE_GRACE_S", "add_event_routes", "bound_send_buffer"]
@@ -153,6 +154,7 @@ async def get_events(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     hub = request.app[HUB]
     sub = await hub.subscribe(model.name, stream)  # before the log is read: nothing falls between
+    end_on_revocation(request, sub.mailbox)
     feed = _Feed(request, sub)
     sub.mailbox.on_close = feed.arm_cut
     try:

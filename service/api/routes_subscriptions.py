@@ -27,6 +27,7 @@ from ..core.ids import check_stream_id
 from ..push.subscriber import Subscriber, TooManyStreams, parse_cursor, parse_prefix
 from ..step.events import Event, EventId, parse_event_id
 from .app_keys import HUB, SETTINGS, STORE
+from .authn import end_on_revocation
 from .routes_events import CLOSE_GRACE_S, bound_send_buffer
 from .routes_v1 import model_for
 
@@ -131,6 +132,7 @@ async def get_multi_events(request: web.Request) -> web.StreamResponse:
         close_on_overflow=True,
     )
     subscriber.mailbox.on_close = lambda: _cut_after_grace(request)
+    end_on_revocation(request, subscriber.mailbox)
     try:
         # Subscribed before anything is sent: a bad request or Redis down is a JSON error.
         if prefix is not None:
@@ -285,6 +287,7 @@ async def ws_events(request: web.Request) -> web.StreamResponse:
         close_on_overflow=False,
     )
     subscriber.mailbox.on_close = lambda: _cut_after_grace(request)
+    end_on_revocation(request, subscriber.mailbox)
     bound_send_buffer(request)
     sender: asyncio.Task[None] | None = None
     try:

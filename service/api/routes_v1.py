@@ -30,6 +30,7 @@ from ..step.model import ServedModel
 from ..step.plan import Ticket, Unit, UnitResult
 from ..step.record import StreamState
 from .app_keys import BATCHER, MODELS, SETTINGS, STORE
+from .authn import charge_readings
 from .wire import (
     error_json,
     parse_body,
@@ -111,6 +112,7 @@ async def post_readings(request: web.Request) -> web.Response:
     request.app[BATCHER].check_room()
     data = await _body(request)
     readings = parse_stream_readings(data, model, request.app[SETTINGS].request_max_readings)
+    charge_readings(request, len(readings))
     future: asyncio.Future[UnitResult] = asyncio.get_running_loop().create_future()
     unit = Unit(model, stream, readings, future)
     request.app[BATCHER].submit([unit])
@@ -149,6 +151,7 @@ async def post_bulk(request: web.Request) -> web.Response:
             f"{settings.request_max_readings}"
         )
     units = [s for s in slots if isinstance(s, Unit)]
+    charge_readings(request, total)  # the whole request, or none of it
     if units:
         ticket = Ticket(len(units), loop)
         enqueued_at = time.perf_counter()

@@ -20,6 +20,7 @@ from ..core.model_stats import triton_statistics
 from ..step.model import ServedModel
 from ..step.plan import Unit, UnitResult
 from .app_keys import BATCHER, METRICS, MODELS, SETTINGS, STORE
+from .authn import charge_readings
 from .routes_v1 import json_response, read_body
 from .wire_v2 import HEADER_LENGTH, INPUT, OUTPUT, infer_response, parse_infer
 
@@ -179,6 +180,7 @@ async def infer(request: web.Request) -> web.Response:
     parsed = parse_infer(
         body, request.headers.get(HEADER_LENGTH), model, settings.request_max_readings
     )
+    charge_readings(request, len(parsed.readings))  # a request's steps
     future: asyncio.Future[UnitResult] = asyncio.get_running_loop().create_future()
     unit = Unit(model, parsed.stream, parsed.readings, future, start=parsed.start, end=parsed.end)
     batcher.submit([unit])

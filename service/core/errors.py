@@ -6,15 +6,19 @@
     ├── InvalidRequest                400     invalid_request
     ├── InvalidValues                 400     invalid_values
     ├── InvalidStreamId               400     invalid_stream_id
+    ├── Unauthenticated               401     unauthenticated (+ WWW-Authenticate)
+    ├── Forbidden                     403     forbidden
     ├── ModelNotFound                 404     model_not_found
     ├── StreamNotFound                404     stream_not_found
     ├── StaleSeq                      409     stale_seq (+ current_seq)
     ├── ModelVersionMismatch          409     model_version_mismatch
     ├── PayloadTooLarge               413     payload_too_large
+    ├── QuotaExceeded                 429     quota_exceeded (+ Retry-After)
     ├── RedisUnavailable              503     redis_unavailable (+ Retry-After)
     └── Overloaded                    503     overloaded (+ Retry-After)
 
-Handlers raise these; the middleware in ``app.py`` turns them into ``{"error": {...}}``.
+Handlers raise these; the middleware in ``app.py`` turns them into ``{"error": {...}}``, with the
+headers ``headers()`` names.
 Third-party exceptions (redis-py's) are wrapped where they happen, never passed to clients.
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "Forbidden",
     "InvalidRequest",
     "InvalidStreamId",
     "InvalidValues",
@@ -30,10 +35,12 @@ __all__ = [
     "ModelVersionMismatch",
     "Overloaded",
     "PayloadTooLarge",
+    "QuotaExceeded",
     "RedisUnavailable",
     "ServiceError",
     "StaleSeq",
     "StreamNotFound",
+    "Unauthenticated",
 ]
 
 
@@ -50,6 +57,11 @@ class ServiceError(Exception):
     def to_json(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, **self.details}
 
+    def headers(self) -> dict[str, str]:
+        """Response headers this error's answer carries beside its body (Retry-After of a
+        retryable 503 aside, which the settings give)."""
+        return {}
+
 
 class InvalidRequest(ServiceError):
     status, code = 400, "invalid_request"
@@ -61,6 +73,26 @@ class InvalidValues(ServiceError):
 
 class InvalidStreamId(ServiceError):
     status, code = 400, "invalid_stream_id"
+
+
+class Unauthenticated(ServiceError):
+    """No token, a malformed one, or one the service does not know (RFC 6750's challenge)."""
+
+    status, code = 401, "unauthenticated"
+
+    def __init__(self, message: str, token_given: bool) -> None:
+        super().__init__(message)
+        self.token_given = token_given
+
+    def headers(self) -> dict[str, str]:
+        challenge = 'Bearer error="invalid_token"' if self.token_given else "Bearer"
+        return {"WWW-Authenticate": challenge}
+
+
+class Forbidden(ServiceError):
+    """A valid token without the scope the request needs."""
+
+    status, code = 403, "forbidden"
 
 
 class ModelNotFound(ServiceError):
@@ -84,6 +116,20 @@ class ModelVersionMismatch(ServiceError):
 
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
+
+
+class QuotaExceeded(ServiceError):
+    """The tenant's readings per second are spent; ``retry_after_s`` (whole seconds, at least 1)
+    is when the request would fit."""
+
+    status, code = 429, "quota_exceeded"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class RedisUnavailable(ServiceError):

@@ -9,6 +9,7 @@ naming the flag or variable, and the service does not start.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,8 @@ __all__ = [
     "Settings",
     "SettingsError",
     "build_parser",
+    "check_exposure",
+    "is_loopback",
     "load_settings",
     "markdown_table",
 ]
@@ -119,6 +122,15 @@ def _text(text: str) -> str:
     return text
 
 
+def _switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1, true, yes or on (or 0, false, no, off)")
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: its dataclass field, flag, environment variable, default and parser."""
@@ -131,6 +143,7 @@ class Option:
     help: str
     metavar: str = "VALUE"
     repeatable: bool = False
+    switch: bool = False  # a flag without a value; its variable takes 1/true/yes/on or 0/...
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -331,6 +344,38 @@ OPTIONS: tuple[Option, ...] = (
         repeatable=True,
     ),
     Option(
+        "auth_tokens",
+        "--auth-tokens",
+        "LSTM_AUTH_TOKENS",
+        None,
+        Path,
+        "JSON file of the bearer tokens (their SHA-256 only), with each one's tenant and scopes, "
+        "and the tenants' quotas (see Authentication); read again when it changes and on SIGHUP; "
+        "none: no authentication, which only a loopback --host allows",
+        "FILE",
+    ),
+    Option(
+        "metrics_token_file",
+        "--metrics-token-file",
+        "LSTM_METRICS_TOKEN_FILE",
+        None,
+        Path,
+        "file holding the bearer token GET /metrics then asks for; read again when it changes "
+        "and on SIGHUP; none: /metrics is open",
+        "FILE",
+    ),
+    Option(
+        "allow_anonymous",
+        "--allow-anonymous",
+        "LSTM_ALLOW_ANONYMOUS",
+        None,
+        _switch,
+        "listen on an address other than loopback without --auth-tokens (refused otherwise), "
+        "with a warning at start-up that anyone who reaches it may call the API; the variable "
+        "takes 1, true, yes or on",
+        switch=True,
+    ),
+    Option(
         "key_prefix",
         "--key-prefix",
         "LSTM_KEY_PREFIX",
@@ -420,6 +465,10 @@ class Settings:
     sse_heartbeat_s: float = 15.0
     subscription_max_streams: int = 100
     cors_origins: tuple[str, ...] = ()
+    # Paths only: the files hold the secrets, and nothing reads them into the settings.
+    auth_tokens: Path | None = None
+    metrics_token_file: Path | None = None
+    allow_anonymous: bool = False
     key_prefix: str = "lstm"
     log_level: str = "info"
     log_format: str = "json"
@@ -449,14 +498,20 @@ def build_parser(prog: str = "lstm-serve") -> argparse.ArgumentParser:
     )
     for opt in OPTIONS:
         default_note = f" (default: {opt.default})" if opt.default is not None else ""
+        # argparse %-formats help texts: a literal % (as in "20-35%") must be doubled
+        text = f"{opt.help}{default_note}; env {opt.env}".replace("%", "%%")
+        if opt.switch:
+            parser.add_argument(
+                opt.flag, dest=opt.field, action="store_const", const="true", help=text
+            )
+            continue
         parser.add_argument(
             opt.flag,
             dest=opt.field,
             metavar=opt.metavar,
             action="append" if opt.repeatable else "store",
             default=None,
-            # argparse %-formats help texts: a literal % (as in "20-35%") must be doubled
-            help=f"{opt.help}{default_note}; env {opt.env}".replace("%", "%%"),
+            help=text,
         )
     return parser
 
@@ -499,6 +554,35 @@ def load_settings(
     return settings
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1) or ``localhost``; any other
+    name counts as reachable from elsewhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings) -> str | None:
+    """Secure by default: without ``--auth-tokens`` the service listens on loopback only.
+    Raises SettingsError for another address, unless ``--allow-anonymous`` is given; then the
+    warning to log at start-up."""
+    if settings.auth_tokens is not None or is_loopback(settings.host):
+        return None
+    if not settings.allow_anonymous:
+        raise SettingsError(
+            f"--host {settings.host} is not a loopback address and no --auth-tokens is given: "
+            "anyone who reaches it could read, write and end every stream; give --auth-tokens "
+            "FILE, or --allow-anonymous to serve without authentication"
+        )
+    return (
+        f"serving without authentication on {settings.host} (--allow-anonymous): anyone who "
+        "reaches this address can read, write and end every stream"
+    )
+
+
 def markdown_table() -> str:
     """The README's configuration table, generated from ``OPTIONS``."""
     lines = [
@@ -507,7 +591,7 @@ def markdown_table() -> str:
     ]
     for opt in OPTIONS:
         default = "—" if opt.default is None else f"`{opt.default}`"
-        flag = f"`{opt.flag} {opt.metavar}`"
+        flag = f"`{opt.flag}`" if opt.switch else f"`{opt.flag} {opt.metavar}`"
         lines.append(f"| {flag} | `{opt.env}` | {default} | {opt.help} |")
     return "\n".join(lines)
 

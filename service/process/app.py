@@ -1,23 +1,31 @@
-"""``create_app(settings)``: routes, the error middleware and every resource's lifetime.
+"""``create_app(settings)``: routes, the middlewares and every resource's lifetime.
+
+Middlewares, outermost first: CORS preflights (with ``--cors-origin``), request ids and the access
+log, the error middleware (every error's JSON form), then authentication (with ``--auth-tokens``
+or ``--metrics-token-file``), which so answers 401 and 403 before a handler reads a body or checks
+the queue.
 
 Resources open in ``cleanup_ctx`` in dependency order (Redis, the expiry watcher, the event hub,
-the batcher) and close in reverse: on shutdown event subscriptions end first (each told why), the
-batcher stops admitting and answers everything it admitted, and only then is Redis closed (and a
-private redis-server stopped).
+the batcher, the token files' watch) and close in reverse: on shutdown event subscriptions end
+first (each told why), the batcher stops admitting and answers everything it admitted, and only
+then is Redis closed (and a private redis-server stopped).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..api.access_log import access_log_middleware, echo_request_id
 from ..api.app_keys import BATCHER, HUB, METRICS, MODELS, SETTINGS, STORE
+from ..api.authn import AUTHENTICATOR, Authenticator
 from ..api.cors import add_cors
 from ..api.openapi import openapi_json
 from ..api.routes_events import add_event_routes
@@ -35,7 +43,7 @@ from ..step.model import ServedModel, load_models
 from ..step.state_store import StateStore
 from .embedded_redis import EmbeddedRedis
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "reload_on_signal"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,7 @@ def _error_response(error: ServiceError, retry_after_s: int, v2: bool) -> web.Re
     response = json_response(body, status=error.status)
     if error.retryable:
         response.headers["Retry-After"] = str(retry_after_s)
+    response.headers.update(error.headers())
     return response
 
 
@@ -196,6 +205,26 @@ async def batcher_ctx(app: web.Application) -> AsyncIterator[None]:
             log.error("the batcher did not drain its queue within 30 s; stopping it")
 
 
+async def token_files_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Check the token files for changes while the app runs (``Authenticator.watch_files``)."""
+    task = asyncio.create_task(app[AUTHENTICATOR].watch_files(), name="token-files")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def reload_on_signal(app: web.Application) -> None:
+    """SIGHUP: read the token files again now, whatever their metadata says."""
+    authenticator = app.get(AUTHENTICATOR)
+    if authenticator is None:
+        log.info("SIGHUP: nothing to reload (no --auth-tokens, no --metrics-token-file)")
+        return
+    authenticator.reload(force=True, trigger="SIGHUP")
+
+
 def create_app(
     settings: Settings,
     metrics: Metrics | None = None,
@@ -203,12 +232,16 @@ def create_app(
     *,
     watch_expiry: bool = True,
 ) -> web.Application:
-    """The application; loads the models now, so a bad model directory fails before listening.
+    """The application; loads the models and token files now, so that a bad model directory or
+    tokens file fails before listening (a ValueError naming it).
 
     ``watch_expiry``: count expired streams (``expiry.py``); exactly one process per replica
     should, so workers other than the first pass False.
     """
-    middlewares = [access_log_middleware, error_middleware]
+    authenticator = Authenticator.from_settings(settings)
+    middlewares: list[Middleware] = [access_log_middleware, error_middleware]
+    if authenticator is not None:
+        middlewares.append(authenticator.middleware())
     app = web.Application(
         client_max_size=settings.body_max_bytes,
         middlewares=middlewares,
@@ -238,6 +271,9 @@ def create_app(
     app.cleanup_ctx.append(hub_ctx)
     app.cleanup_ctx.append(batcher_ctx)
     app.on_shutdown.append(end_subscriptions)
+    if authenticator is not None:
+        app[AUTHENTICATOR] = authenticator
+        app.cleanup_ctx.append(token_files_ctx)
     add_cors(app, settings.cors_origins)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -247,4 +283,6 @@ def create_app(
     add_event_routes(app)
     add_subscription_routes(app)
     add_v2_routes(app)
+    if authenticator is not None:
+        authenticator.classify(app.router)  # every route's rule, or a LookupError naming it
     return app

@@ -4,7 +4,8 @@ The shutdown order is aiohttp's: close the listening socket (nothing new is acce
 request in flight finish (up to ``SHUTDOWN_TIMEOUT_S``), then close the resources in reverse order
 of opening: the batcher answers everything it admitted, then Redis is closed and a private
 redis-server stopped. A second signal while draining changes nothing, so a terminal's Ctrl-C that
-reaches both a supervisor and its workers cannot cut a drain short.
+reaches both a supervisor and its workers cannot cut a drain short. SIGHUP reads the token files
+again (``app.reload_on_signal``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..api.app_keys import MODELS
 from ..core.metrics import Metrics
 from ..core.settings import Settings
 from ..step.model import ModelLoadError
-from .app import create_app
+from .app import create_app, reload_on_signal
 from .embedded_redis import EmbeddedRedisError
 
 __all__ = ["SHUTDOWN_TIMEOUT_S", "event_loop_factory", "run_server", "serve"]
@@ -69,6 +70,7 @@ async def _serve(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_on_signal, app)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()  # opens the resources (cleanup_ctx), may raise
     try:

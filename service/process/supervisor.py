@@ -10,6 +10,8 @@ Redis. The supervisor serves nothing itself. It
   exit, unless the operator set one), so any worker's ``/metrics`` shows the sum of all of them,
   and retires each dead worker's live gauges (``mark_process_dead``);
 - forwards SIGTERM and SIGINT to the workers and waits for them to drain;
+- forwards SIGHUP to every listening worker, each of which reads the token files again (a worker
+  still starting reads them as it starts, and notices a change within seconds anyway);
 - restarts a worker that dies, after a back-off that doubles up to 30 s, telling the new worker
   it is a restart (it counts itself in ``lstm_worker_restarts_total``); a worker that fails
   before it ever listened stops everything instead (a bad model or a taken port would fail again).
@@ -97,6 +99,7 @@ class Supervisor:
         self._restart_at: dict[int, float] = {}
         self._failures: dict[int, int] = {}
         self._stop_signal: int | None = None
+        self._reload_asked = False  # SIGHUP came: forward it to the workers
         self._wake_r, self._wake_w = socket.socketpair()
 
     def run(self) -> int:
@@ -144,10 +147,15 @@ class Supervisor:
             if self._stop_signal is None:
                 self._stop_signal = signum
 
+        def on_reload(signum: int, frame: FrameType | None) -> None:
+            self._reload_asked = True
+
         previous: dict[int, Any] = {}
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.getsignal(signum)
             signal.signal(signum, on_signal)
+        previous[signal.SIGHUP] = signal.getsignal(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, on_reload)
         return previous
 
     def _start(self, index: int, metrics_dir: Path) -> None:
@@ -188,6 +196,9 @@ class Supervisor:
             woken = wait(waitables, None if timeout is None else max(timeout, 0.0))
             if self._wake_r in woken:
                 self._drain_wakeups()
+            if self._reload_asked:
+                self._reload_asked = False
+                self._forward_reload()
             for worker in list(self._workers.values()):
                 if not worker.listening and worker.ready_pipe in woken:
                     with contextlib.suppress(EOFError):  # it died; its sentinel says so
@@ -240,6 +251,16 @@ class Supervisor:
         )
         self._restart_at[worker.index] = time.monotonic() + delay
         return None
+
+    def _forward_reload(self) -> None:
+        """SIGHUP to every worker that listens (one still starting has no handler for it yet,
+        and SIGHUP's default would end it)."""
+        sent = 0
+        for worker in self._workers.values():
+            if worker.listening and worker.process.is_alive() and worker.process.pid is not None:
+                os.kill(worker.process.pid, signal.SIGHUP)
+                sent += 1
+        log.info("SIGHUP: forwarded to %d worker(s)", sent)
 
     def _drain_wakeups(self) -> None:
         try:

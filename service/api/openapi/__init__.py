@@ -13,7 +13,8 @@ false``) wherever the service is strict, so a field added to the wire without be
 fails the contract test (tests/test_service_openapi.py).
 
 The document is assembled here from one part per route family: ``v1`` (readings, streams, models,
-operations), ``events`` (multi-stream subscriptions), ``v2`` (KServe v2), over ``common``.
+operations), ``events`` (multi-stream subscriptions), ``v2`` (KServe v2), over ``common``; then
+``security`` gives every operation the token and scope it needs (none without authentication).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..app_keys import MODELS, SETTINGS
 from ..routes_v1 import json_response
 from .common import Schema, json_content, operation, parameters, ref, resp, responses
 from .events import subscription_paths
+from .security import secure, security_schemes
 from .v1 import stream_paths, v1_schemas
 from .v2 import v2_paths, v2_schemas
 
@@ -107,7 +109,17 @@ def openapi_document(settings: Settings, models: dict[str, ServedModel]) -> dict
         },
         **v2_paths(models),
     }
+    secure(paths, settings)
     default = settings.default_model or (next(iter(models)) if len(models) == 1 else None)
+    auth = ""
+    if settings.auth_tokens is not None:
+        auth = (
+            " Every operation but health, readiness, this document and /metrics needs a bearer "
+            "token with the scope its security names (read, write or admin): without a valid "
+            "one it answers 401 unauthenticated, on any path (unknown paths included), before "
+            "anything else is checked; with one that lacks the scope, 403 forbidden. Writes "
+            "beyond the tenant's readings per second answer 429 quota_exceeded."
+        )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -126,7 +138,7 @@ def openapi_document(settings: Settings, models: dict[str, ServedModel]) -> dict
                 "configuration and statistics extensions: a request's sequence_id names its "
                 "stream, the /v1 stream of that id. Their errors are "
                 '{"error": "message"}, unknown paths and methods under /v2 included '
-                "(V2UnknownPath, V2MethodNotAllowed)."
+                "(V2UnknownPath, V2MethodNotAllowed)." + auth
             ),
         },
         "tags": [
@@ -142,6 +154,7 @@ def openapi_document(settings: Settings, models: dict[str, ServedModel]) -> dict
             "schemas": {**v1_schemas(settings, models), **v2_schemas(settings, models)},
             "responses": responses(settings),
             "parameters": parameters(models),
+            "securitySchemes": security_schemes(settings),
         },
     }
 

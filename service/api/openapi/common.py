@@ -19,9 +19,12 @@ Schema = dict[str, Any]
 # middleware gives aiohttp's own 404 (no such path) and 405.
 ERRORS: dict[str, list[str]] = {
     "Error400": ["invalid_request", "invalid_values", "invalid_stream_id"],
+    "Error401": ["unauthenticated"],
+    "Error403": ["forbidden"],
     "Error404": ["model_not_found", "stream_not_found"],
     "Error409": ["stale_seq", "model_version_mismatch"],
     "Error413": ["payload_too_large"],
+    "Error429": ["quota_exceeded"],
     "Error503": ["redis_unavailable", "overloaded"],
     "UnknownPathError": ["not_found"],
     "MethodNotAllowedError": ["method_not_allowed"],
@@ -78,6 +81,22 @@ _RETRY_AFTER = {
     }
 }
 
+_QUOTA_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds until the request's readings fit the tenant's quota.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+_CHALLENGE = {
+    "WWW-Authenticate": {
+        "description": 'Bearer, with error="invalid_token" when a token was given.',
+        "required": True,
+        "schema": {"type": "string", "pattern": "^Bearer( |$)"},
+    }
+}
+
 _ALLOW = {
     "Allow": {
         "description": "The methods the path accepts, comma-separated.",
@@ -120,6 +139,19 @@ def responses(settings: Settings) -> dict[str, Schema]:
             "service is stopping. Retry after Retry-After seconds with the same seq.",
             headers=_RETRY_AFTER,
         ),
+        "Unauthorized": error(
+            "Error401",
+            "unauthenticated: no bearer token, a malformed one, or one the service does not know "
+            "(unknown or revoked).",
+            headers=_CHALLENGE,
+        ),
+        "Forbidden": error("Error403", "forbidden: the token lacks the scope this request needs."),
+        "QuotaExceeded": error(
+            "Error429",
+            "quota_exceeded: the tenant's readings per second are spent; nothing was applied. "
+            "Retry after Retry-After seconds.",
+            headers=_QUOTA_RETRY_AFTER,
+        ),
         "UnknownPath": error("UnknownPathError", "not_found: no route has this path."),
         "MethodNotAllowed": error(
             "MethodNotAllowedError",
@@ -151,6 +183,18 @@ def responses(settings: Settings) -> dict[str, Schema]:
             "Redis did not answer in time, or the queue is full, or the service is stopping. "
             "Retry after Retry-After seconds with the same seq.",
             headers=_RETRY_AFTER,
+        ),
+        "V2Unauthorized": error(
+            "V2Error",
+            "No bearer token, a malformed one, or one the service does not know.",
+            headers=_CHALLENGE,
+        ),
+        "V2Forbidden": error("V2Error", "The token lacks the scope this request needs."),
+        "V2QuotaExceeded": error(
+            "V2Error",
+            "The tenant's readings per second are spent; nothing was applied. Retry after "
+            "Retry-After seconds.",
+            headers=_QUOTA_RETRY_AFTER,
         ),
         "V2UnknownPath": error("V2Error", "No route has this path under /v2."),
         "V2MethodNotAllowed": error(
