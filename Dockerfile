@@ -1,7 +1,9 @@
 # The service image: lstm-serve with its runtime dependencies and the bundled demo model
 # (package data of service/), no torch, no dev tools, running as a non-root user.
 #   docker build -t lstm-serve .
-#   docker run -p 8080:8080 -e REDIS_URL=redis://redis-host:6379/0 lstm-serve
+#   lstm-token new --name admin --scopes write,read,admin --add lstm-tokens.json
+#   docker run -p 8080:8080 -e REDIS_URL=redis://redis-host:6379/0 \
+#       -v "$PWD/lstm-tokens.json:/run/secrets/lstm-tokens.json:ro" lstm-serve
 # Without REDIS_URL the service would start a private redis-server, which this image does not
 # carry: give it a Redis (deploy/docker-compose.yml does).
 FROM python:3.11-slim
@@ -23,9 +25,13 @@ RUN useradd --system --uid 10001 --create-home --home-dir /home/lstm --shell /us
 USER lstm
 WORKDIR /home/lstm
 
-# Every flag has an LSTM_* variable; listen on all interfaces inside the container.
+# Every flag has an LSTM_* variable; listen on all interfaces inside the container. Beyond
+# loopback the service requires authentication: it reads its tokens file (hashes only; made with
+# lstm-token) from where compose secrets and the Kubernetes manifests mount it, and stops at
+# start-up, naming the file, when nothing is mounted there.
 ENV LSTM_HOST=0.0.0.0 \
-    LSTM_PORT=8080
+    LSTM_PORT=8080 \
+    LSTM_AUTH_TOKENS=/run/secrets/lstm-tokens.json
 EXPOSE 8080
 
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \

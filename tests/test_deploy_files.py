@@ -336,8 +336,13 @@ def kubernetes_objects() -> list[dict[str, Any]]:
     return objects
 
 
-def kubernetes_object(kind: str) -> dict[str, Any]:
-    (found,) = [o for o in kubernetes_objects() if o["kind"] == kind]
+def kubernetes_object(kind: str, name: str | None = None) -> dict[str, Any]:
+    """The one object of this kind (and name, when given) in the manifests."""
+    (found,) = [
+        o
+        for o in kubernetes_objects()
+        if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
     return found
 
 
@@ -393,7 +398,7 @@ def test_every_kubernetes_manifest_parses_into_named_objects() -> None:
         assert isinstance(name, str) and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
         assert "namespace" not in obj["metadata"], "applied to the namespace the operator picks"
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == ["ConfigMap", "Deployment", "Secret", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "Secret", "Secret", "Service"]  # Redis, tokens
     apis = {o["kind"]: o["apiVersion"] for o in objects}
     assert apis == {"ConfigMap": "v1", "Deployment": "apps/v1", "Secret": "v1", "Service": "v1"}
 
@@ -453,8 +458,7 @@ def test_the_redis_url_comes_from_a_secret_in_the_manifests() -> None:
     entry = container_env()["REDIS_URL"]
     assert "value" not in entry, "the URL may carry a password: keep it in a Secret"
     ref = entry["valueFrom"]["secretKeyRef"]
-    secret = kubernetes_object("Secret")
-    assert secret["metadata"]["name"] == ref["name"]
+    secret = kubernetes_object("Secret", ref["name"])
     assert not ref.get("optional", False)
     plain = dict(secret.get("stringData", {}))
     plain |= {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
@@ -462,6 +466,63 @@ def test_the_redis_url_comes_from_a_secret_in_the_manifests() -> None:
     (redis_url,) = [opt for opt in OPTIONS if opt.env == "REDIS_URL"]
     redis_url.parse(plain[ref["key"]])  # even the placeholder has the shape the service needs
     assert "CHANGE-ME" in plain[ref["key"]], "the example must not look like a real password"
+
+
+def image_env() -> dict[str, str]:
+    """The variables the Dockerfile's ENV instructions set."""
+    env: dict[str, str] = {}
+    for keyword, args in instructions():
+        if keyword == "ENV":
+            env |= dict(word.split("=", 1) for word in shlex.split(args.replace("\\\n", " ")))
+    return env
+
+
+def test_every_deployment_gives_the_service_the_tokens_file_it_requires() -> None:
+    """The image listens beyond loopback, so it names a tokens file; compose mounts its secret
+    there, and the Kubernetes Deployment mounts the tokens Secret's directory (not by subPath,
+    which would never see an update) where its LSTM_AUTH_TOKENS points."""
+    from service.core.auth import parse_tokens
+
+    path = image_env()["LSTM_AUTH_TOKENS"]
+    assert image_env()["LSTM_HOST"] == "0.0.0.0"
+    app = compose()["services"]["lstm-serve"]
+    (mounted,) = app["secrets"]
+    secret = compose()["secrets"][mounted["source"]]
+    assert "/run/secrets/" + mounted["target"] == path
+    assert (COMPOSE.parent / secret["file"]).resolve() == ROOT / "deploy" / "lstm-tokens.json"
+    assert "deploy/lstm-tokens.json" in (ROOT / ".gitignore").read_text().splitlines()
+    assert "LSTM_AUTH_TOKENS" not in environment(app)  # the image's path, which the secret fills
+
+    pod = kubernetes_object("Deployment")["spec"]["template"]["spec"]
+    env_path = Path(container_env()["LSTM_AUTH_TOKENS"]["value"])
+    (mount,) = [m for m in the_container()["volumeMounts"] if m["name"] == "tokens"]
+    assert Path(mount["mountPath"]) == env_path.parent and "subPath" not in mount
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tokens"]
+    secret_object = kubernetes_object("Secret", volume["secret"]["secretName"])
+    placeholder = secret_object["stringData"][env_path.name]
+    assert parse_tokens(placeholder.encode()).summary() == "0 token(s) of 0 tenant(s)"
+
+
+def test_the_images_environment_starts_only_with_its_tokens_file(tmp_path: Path) -> None:
+    """Started as the image starts it (its LSTM_HOST and LSTM_AUTH_TOKENS, the path moved into a
+    scratch directory), the service refuses without the file, naming it, and with it answers
+    401 to a request without a token and 200 to its health check."""
+    env = image_env()
+    tokens = tmp_path / Path(env["LSTM_AUTH_TOKENS"]).name
+    settings = {"LSTM_HOST": env["LSTM_HOST"], "LSTM_AUTH_TOKENS": str(tokens)}
+    missing = ServiceProcess(tmp_path, env=settings)
+    with pytest.raises(RuntimeError, match="exited at start-up"):
+        missing.start()
+    assert str(tokens) in missing.log()
+    tokens.write_text(json.dumps({"tokens": []}))
+    service = ServiceProcess(tmp_path, env=settings).start()
+    try:
+        assert call("GET", service.url + "/healthz").status == 200
+        refused = call("POST", service.url + "/v1/streams/s/readings", {"values": [1.0]})
+        assert refused.status == 401 and refused.body["error"]["code"] == "unauthenticated"
+    finally:
+        service.stop()
 
 
 def test_the_rules_configmap_holds_the_rules_file_verbatim() -> None:

@@ -310,3 +310,30 @@ def test_lstm_token_is_a_console_script() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, function = scripts["lstm-token"].partition(":")
     assert module == tokens_cli.__name__ and getattr(tokens_cli, function) is tokens_cli.main
+
+
+def test_lstm_token_add_creates_then_extends_a_file_the_service_reads(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    first = json.loads(_lstm_token("new", "--name", "w", "--scopes", "write,read", "--add",
+                                   str(path), "--json").stdout)  # fmt: skip
+    assert path.stat().st_mode & 0o777 == 0o644  # hashes only; a container's user reads it
+    path.chmod(0o640)
+    second = json.loads(_lstm_token("new", "--name", "r", "--tenant", "plant-b", "--scopes",
+                                    "read", "--add", str(path), "--json").stdout)  # fmt: skip
+    assert path.stat().st_mode & 0o777 == 0o640  # an existing file keeps its mode
+    assert json.loads(path.read_text())["tokens"] == [first["entry"], second["entry"]]
+    registry = TokenRegistry(path)
+    for made, tenant in ((first, "default"), (second, "plant-b")):
+        principal = registry.authenticate(made["token"])
+        assert principal is not None and principal.tenant == tenant
+    assert first["token"] not in path.read_text() and second["token"] not in path.read_text()
+
+    before = path.read_bytes()
+    same_name = _lstm_token("new", "--name", "r", "--scopes", "read", "--add", str(path))
+    assert same_name.returncode == 1 and "already has an entry named 'r'" in same_name.stderr
+    assert not same_name.stdout  # no token is handed out that the file does not grant
+    not_tokens = write(tmp_path / "other.json", {"users": []})
+    refused = _lstm_token("new", "--name", "x", "--scopes", "read", "--add", str(not_tokens))
+    assert refused.returncode == 1 and "not a tokens file" in refused.stderr
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json", "tokens.json"]

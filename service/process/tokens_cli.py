@@ -4,18 +4,25 @@ file before the service reads it.
 ::
 
     lstm-token new --name plant-a-writer --tenant plant-a --scopes write,read [--json]
+    lstm-token new --name plant-a-writer --tenant plant-a --scopes write,read --add tokens.json
     lstm-token check tokens.json
 
 ``new`` draws 256 random bits (``secrets``), prints the token once (nothing keeps it: give it to
 the client now) and the entry to add to the file's ``tokens`` list, which holds only the token's
-SHA-256. The entry is checked by the service's own rules before it is printed.
+SHA-256. The entry is checked by the service's own rules before it is printed. With ``--add FILE``
+the entry is also written into FILE (created if missing, readable by all: it holds only hashes,
+and a container's user must read it; an existing file keeps its mode): the whole new file is
+checked as the service would read it, then replaces the old one in one rename, so a service
+watching it never reads half a file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
+import tempfile
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument(
         "--json", action="store_true", help='print one JSON object {"token", "entry"} instead'
     )
+    new.add_argument(
+        "--add",
+        type=Path,
+        metavar="FILE",
+        help="also add the entry to this tokens file (created if missing)",
+    )
     check = commands.add_parser("check", help="check a tokens file as the service would")
     check.add_argument("file", type=Path)
     return parser
@@ -83,17 +96,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenFileError as exc:
         print(f"lstm-token: {exc}", file=sys.stderr)
         return 2
+    if args.add is not None:
+        try:
+            _add_entry(args.add, entry)
+        except OSError as exc:
+            print(f"lstm-token: {args.add}: cannot be written ({exc.strerror})", file=sys.stderr)
+            return 1
+        except (TokenFileError, ValueError) as exc:
+            print(f"lstm-token: {args.add}: {exc}; nothing was written", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps({"token": token, "entry": entry}))
         return 0
     print(f"token: {token}")
     print(f"entry: {json.dumps(entry)}")
+    where = (
+        f"The entry is now in {args.add}"
+        if args.add is not None
+        else 'Add the entry to the "tokens" list of the tokens file'
+    )
     print(
-        "Give the token to its client now: only its SHA-256 is kept. Add the entry to the "
-        '"tokens" list of the tokens file; the service reads it within 2 s (or on SIGHUP).',
+        f"Give the token to its client now: only its SHA-256 is kept. {where}; the service "
+        "reads it within 2 s (or on SIGHUP).",
         file=sys.stderr,
     )
     return 0
+
+
+def _add_entry(path: Path, entry: dict[str, object]) -> None:
+    """Add ``entry`` to the tokens file at ``path`` (a new file if there is none), checked whole
+    by the service's rules first; the file is replaced atomically."""
+    mode = 0o644
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        document = json.loads(path.read_bytes())
+        if not isinstance(document, dict) or not isinstance(document.get("tokens"), list):
+            raise ValueError('it is not a tokens file ({"tokens": [...]})')
+        if any(isinstance(e, dict) and e.get("name") == entry["name"] for e in document["tokens"]):
+            raise ValueError(f"it already has an entry named {entry['name']!r}")
+    else:
+        document = {"tokens": []}
+    document["tokens"].append(entry)
+    text = json.dumps(document, indent=2) + "\n"
+    parse_tokens(text.encode())
+    handle, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.chmod(scratch, mode)
+        os.replace(scratch, path)
+    except BaseException:
+        Path(scratch).unlink(missing_ok=True)
+        raise
 
 
 if __name__ == "__main__":
