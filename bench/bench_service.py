@@ -13,6 +13,9 @@ bundled demo model (2 x 64 LSTM, 1 input, 1 output):
             what ships).
 ``compare`` this checkout against the commit ``--baseline``, alternating, on both paths (bulk
             with each of ``--steps``), with Redis's own time per reading, per command too.
+``auth``    authentication on (``--auth-tokens``, one token of scopes write and read) against
+            off, alternating, on both paths; every request carries the same bearer header in
+            both, so that the difference is the service's checking alone.
 ``scale``   one bulk request at a time over 1,000 distinct streams drawn at random from N live
             streams (at N = 1,000: all of them), for each N in ``--live`` (grown in place: 1k,
             then 100k, then 1M); readings/s and cost per reading at each N, and Redis memory
@@ -23,6 +26,7 @@ bundled demo model (2 x 64 LSTM, 1 input, 1 output):
     python bench/bench_service.py scale --live 1000 100000 1000000 --duration 10
     python bench/bench_service.py libs --duration 8 --rounds 2
     python bench/bench_service.py compare --baseline 1997413 --duration 8 --rounds 2
+    python bench/bench_service.py auth --duration 5 --rounds 5
 
 Every run checks that the service applied as many readings as wrk got answers for (plus at most
 what was in flight when wrk stopped). The machine is shared: compare figures within one run.
@@ -422,8 +426,56 @@ def compare(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[d
     return out
 
 
+BENCH_TOKEN = "bench-" + "7" * 40  # what the wrk scripts present; its hash is in the file
+
+
+def auth(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dict[str, object]]:
+    """Authentication on against off, alternating round by round, on the single-reading path
+    (c=64) and the bulk path (each of ``--steps``); readings/s and p99 of each, and the ratio."""
+    tokens = work / "tokens.json"
+    entry = {
+        "name": "bench",
+        "sha256": hashlib.sha256(BENCH_TOKEN.encode()).hexdigest(),
+        "tenant": "default",
+        "scopes": ["write", "read"],
+    }
+    tokens.write_text(json.dumps({"tokens": [entry]}))
+    header = f'["Authorization"] = "Bearer {BENCH_TOKEN}", '
+    cases = {
+        name: (script.replace("{[", "{" + header + "[", 1), concurrency, per_request)
+        for name, (script, concurrency, per_request) in _cases(args, tuple(args.steps)).items()
+    }
+    for script, _, _ in cases.values():
+        assert BENCH_TOKEN in script, "a case's script sends no token"
+    variants: dict[str, tuple[dict[str, str], Path]] = {
+        "off": ({}, harness.ROOT),
+        "on": ({"LSTM_AUTH_TOKENS": str(tokens)}, harness.ROOT),
+    }
+    rows = _variant_rounds(args, work, redis, variants, cases)
+    out: list[dict[str, object]] = []
+    for case in cases:
+        off, on = rows[("off", case)], rows[("on", case)]
+        out.append({
+            "case": case,
+            "off_per_s": round(off["per_s"]),
+            "on_per_s": round(on["per_s"]),
+            "ratio": round(on["per_s"] / off["per_s"], 3),
+            "off_p99_ms": off["p99_ms"],
+            "on_p99_ms": on["p99_ms"],
+            "non_200": int(off["non_200"] + on["non_200"]),
+        })  # fmt: skip
+    return out
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace, Path, RedisProcess], list[dict[str, object]]]]
-BENCHES = {"single": single, "bulk": bulk, "scale": scale, "libs": libs, "compare": compare}
+BENCHES = {
+    "single": single,
+    "bulk": bulk,
+    "scale": scale,
+    "libs": libs,
+    "compare": compare,
+    "auth": auth,
+}
 
 
 def main() -> int:

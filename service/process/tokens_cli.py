@@ -22,8 +22,8 @@ import argparse
 import json
 import os
 import secrets
-import tempfile
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
