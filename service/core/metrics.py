@@ -52,7 +52,7 @@ LATENCY_BUCKETS_S = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
-READING_OUTCOMES = ("applied", "duplicate", "stale", "rejected", "failed")
+READING_OUTCOMES = ("applied", "duplicate", "stale", "gap", "rejected", "failed")
 SUBSCRIBER_TRANSPORTS = ("sse", "ws")
 # The operations lstm_redis_errors_total and lstm_redis_duration_seconds count: every one is
 # exported from the start, so that a rate over the first errors sees them (a series that appears
@@ -67,6 +67,7 @@ REDIS_OPERATIONS = (
     "connect",
     "scan",
     "subscribe",
+    "announce",
 )
 
 
@@ -100,9 +101,10 @@ class Metrics:
         self.readings = Counter(
             "lstm_readings_total",
             "Queued readings by outcome: applied, duplicate (a retry answered from stored "
-            "results), stale (409 stale_seq), rejected (409 model_version_mismatch), failed "
-            "(503: Redis or contention). Requests refused before queueing (400, 404, 413, "
-            "503 overloaded) count in lstm_http_request_duration_seconds by status.",
+            "results), stale (409 stale_seq), gap (409 seq_gap), rejected (409 "
+            "model_version_mismatch), failed (503: Redis, contention, or a write not "
+            "acknowledged at the --durability level). Requests refused before queueing (400, "
+            "404, 413, 503 overloaded) count in lstm_http_request_duration_seconds by status.",
             ["outcome"],
             registry=r,
         )

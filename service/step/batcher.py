@@ -16,6 +16,7 @@ the state that won; the other streams of the batch are answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -37,7 +38,7 @@ from .model import ServedModel
 from .plan import Applied, Duplicate, StreamPlan, Unit, UnitResult, plan_stream
 from .record import StreamState, encode_record_packed
 from .state_cache import StateCache
-from .state_store import LogPolicy, StateStore, Write
+from .state_store import Announcement, Confirm, LogPolicy, StateStore, Write
 
 __all__ = ["Batcher", "Output"]
 
@@ -91,6 +92,10 @@ class Batcher:
         self._last_generation = 0
         self._last_batch_readings = 0  # the size of the batch started last (see _may_start)
         self._log_policy = LogPolicy(settings.events_max_len, settings.events_max_age_ms)
+        self._refuse_gaps = settings.seq_gaps == "refuse"
+        # --durability aof or replicas:N: answers wait for Redis's confirmation (state_store.py),
+        # duplicates' too, and events are announced once it came.
+        self._acked = settings.durability.level != "memory"
         cached = settings.state_cache_streams
         self._cache = StateCache(cached) if cached else None
         # lstm_state_cache_total's series, looked up once rather than per batch
@@ -308,8 +313,10 @@ class Batcher:
         columns = [Columns.merged(p) for p in parts.values()]
 
         # A stream with nothing to write (only retries, stale seqs or refusals) is answered from
-        # the state just read; its answer does not wait for the other streams' write.
+        # the state just read; its answer does not wait for the other streams' write, unless it
+        # holds a retry that must be acknowledged at the --durability level first (confirming).
         writing = []
+        confirming: list[StreamPlan] = []
         # Back to the queue's front: streams that lost a race, and units a plan left for the
         # next batch (plan.py), these behind the others of their stream.
         conflicts: list[Unit] = []
@@ -318,6 +325,9 @@ class Batcher:
         for plan in plans:
             if plan.needs_write:
                 writing.append(plan)
+            elif self._acked and any(isinstance(o, Duplicate) for o in plan.outcomes):
+                confirming.append(plan)
+                deferred.extend(plan.deferred)
             else:
                 self._answer(plan, None, counts, tallies)
                 deferred.extend(plan.deferred)
@@ -334,9 +344,16 @@ class Batcher:
         writes = [self._record(plan, outputs[id(plan)], now, now_ms) for plan in writing]
         for cols, out in zip(columns, column_outputs, strict=True):
             writes += self._column_writes(cols, out, now, now_ms)
+        confirms = [Confirm(plan.key, plan.expected_guard) for plan in confirming]
+        announcements: list[Announcement] = []  # filled when answers wait for a confirmation
         try:
             written = await self.store.commit_many(
-                writes, self.settings.state_ttl_ms, self._log_policy, now_ms
+                writes,
+                self.settings.state_ttl_ms,
+                self._log_policy,
+                now_ms,
+                confirms,
+                announcements,
             )
         except ServiceError as exc:
             if cache is not None:
@@ -345,6 +362,9 @@ class Batcher:
             self._fail([u for p in writing for u in p.units], exc, tallies)
             for cols in columns:
                 self._fail([u for stream in cols.units for u in stream], exc, tallies)
+            for plan in confirming:
+                self._answer(plan, None, counts, tallies, unconfirmed=exc)
+            self._count(counts)
             self._requeue(deferred + [u for p in writing for u in p.deferred], contended=False)
             self._record_stats(tallies, started, (inferring, inferred))
             return
@@ -382,12 +402,25 @@ class Batcher:
             ]
             at += len(cols)
             self._answer_columns(cols, out[0], answered, counts, tallies)
+        for plan, confirmed in zip(confirming, written[at:], strict=True):
+            if confirmed is True:
+                self._answer(plan, None, counts, tallies)
+            elif isinstance(confirmed, ServiceError):
+                self._answer(plan, None, counts, tallies, unconfirmed=confirmed)
+            else:  # the record changed since it was read: plan the stream again
+                conflicts.extend(plan.units)
         for result, times in cached_outcomes.items():
             self._cache_results[result].inc(times)
         self._count(counts)
         self._requeue(deferred, contended=False)
         self._requeue(conflicts)
         self._record_stats(tallies, started, (inferring, inferred))
+        if announcements:
+            # Confirmed: now subscribers may hear of these steps. A lost announcement is not a
+            # lost event: subscribers catch up from the log at the next one (its previous id
+            # says what they missed), or when their pub/sub connection comes back.
+            with contextlib.suppress(ServiceError):
+                await self.store.announce(announcements)
 
     def _landed(
         self,
@@ -439,6 +472,7 @@ class Batcher:
             units,
             [raw for _, raw in entries],
             self._new_generation,
+            self._refuse_gaps,
         )
 
     def _plan(self, key: str, units: list[Unit], raw: bytes | None) -> StreamPlan:
@@ -456,6 +490,7 @@ class Batcher:
             state,
             self.settings.on_version_mismatch,
             self._new_generation,
+            self._refuse_gaps,
         )
 
     def _record_stats(
@@ -688,10 +723,12 @@ class Batcher:
         y: np.ndarray | None,
         counts: Counter[str],
         tallies: dict[str, Tally],
+        unconfirmed: ServiceError | None = None,
     ) -> None:
         """Resolve every unit of a plan whose write (if any) happened; ``counts`` gathers the
         batch's readings by outcome, for one metric update per batch, and ``tallies`` its
-        requests, for the model's statistics."""
+        requests, for the model's statistics. ``unconfirmed``: the error its retries get, as
+        their records were not acknowledged at the --durability level."""
         failed = 0
         failed_since = answered_since = 0.0  # summed enqueue times, for the statistics
         for unit, outcome in zip(plan.units, plan.outcomes, strict=True):
@@ -702,6 +739,12 @@ class Batcher:
                 counts["applied"] += n
                 results = list(zip(plan.seqs(outcome), rows, strict=True))
                 _resolve(unit, UnitResult(plan.generation, results, False))
+            elif isinstance(outcome, Duplicate) and unconfirmed is not None:
+                counts["failed"] += n
+                _resolve(unit, error=unconfirmed)
+                failed += 1
+                failed_since += unit.enqueued_at
+                continue
             elif isinstance(outcome, Duplicate):
                 results = [(seq, _held_prediction(held, y)) for seq, held in outcome.held]
                 counts["duplicate"] += n
@@ -709,7 +752,7 @@ class Batcher:
                 _resolve(unit, UnitResult(generation, results, True))
             else:
                 assert isinstance(outcome, ServiceError)
-                counts["stale" if outcome.code == "stale_seq" else "rejected"] += n
+                counts[_REFUSALS.get(outcome.code, "rejected")] += n
                 _resolve(unit, error=outcome)
                 failed += 1
                 failed_since += unit.enqueued_at
@@ -759,6 +802,10 @@ class Batcher:
         self.metrics.queue_readings.set(self._queued_readings)
         if keep:
             self._wakeup.set()
+
+
+# lstm_readings_total's outcome of a refused unit, by its error's code (else "rejected").
+_REFUSALS = {"stale_seq": "stale", "seq_gap": "gap"}
 
 
 def _bucket(units: list[Unit]) -> Bucket:
