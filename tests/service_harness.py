@@ -44,8 +44,10 @@ class RedisServer:
         password: str | None = None,
         tls: dict[str, Path] | None = None,
         extra_args: list[str] | None = None,
+        binary: str = "redis-server",
     ) -> None:
         self.directory = directory
+        self.binary = binary  # redis-server, or another Redis-compatible server (valkey-server)
         self.password = password
         self.extra_args = extra_args or []
         self.tls = tls  # {"cert", "key", "ca"}: serve TLS only, on the port
@@ -71,7 +73,7 @@ class RedisServer:
                 "--tls-ca-cert-file", str(self.tls["ca"]),
             ]  # fmt: skip
         args = [
-            "redis-server",
+            self.binary,
             *port_args,
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
