@@ -116,7 +116,7 @@ class RedisServer:
 class RedisClusterServers:
     """A three-node Redis Cluster (no replicas) made with ``redis-cli --cluster create``."""
 
-    def __init__(self, directory: Path, nodes: int = 3) -> None:
+    def __init__(self, directory: Path, nodes: int = 3, binary: str = "redis-server") -> None:
         cluster_args = [
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", "2000",
@@ -126,6 +126,7 @@ class RedisClusterServers:
             RedisServer(
                 directory / f"node-{k}",
                 extra_args=[*cluster_args, "--cluster-port", str(free_port())],
+                binary=binary,
             )
             for k in range(nodes)
         ]

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 from service_harness import (
     ROOT,
+    RedisClusterServers,
     RedisServer,
     ServiceProcess,
     call,
@@ -302,6 +303,31 @@ class _Monitor:
         return self.lines
 
 
+def _waits_follow_their_writes(lines: list[tuple[str, str, str]], wait: str) -> list[str]:
+    """Check MONITOR's lines: what each WAIT (or WAITAOF) confirms is the run of script calls
+    right before it on its own connection, and every commit is in such a run. Returns the
+    connection of each WAIT."""
+    since: dict[str, list[tuple[str, str]]] = {}  # per connection, its commands since its WAIT
+    confirmed = 0
+    waited = []
+    for client, command, first in lines:
+        if command != wait:
+            since.setdefault(client, []).append((command, first))
+            continue
+        waited.append(client)
+        before = since.pop(client, [])
+        run = 0
+        while run < len(before) and (
+            before[-1 - run] == ("EVALSHA", COMMIT_SHA) or before[-1 - run][0] == "EVAL"
+        ):
+            run += 1
+        assert run > 0, (client, before[-3:])  # a WAIT that follows no write of its own
+        confirmed += sum(c == ("EVALSHA", COMMIT_SHA) for c in before[-run:])
+    commits = sum(command == "EVALSHA" and first == COMMIT_SHA for _, command, first in lines)
+    assert confirmed == commits > 0  # no commit without its WAIT after it, on its connection
+    return waited
+
+
 def test_every_wait_follows_its_commit_on_the_same_connection_once_per_batch(
     pair: tuple[RedisServer, RedisServer],
     service_factory: Callable[..., ServiceProcess],
@@ -338,25 +364,7 @@ def test_every_wait_follows_its_commit_on_the_same_connection_once_per_batch(
     waits = _calls(primary, "wait") - waits_before
     assert waits == batches > 1, (waits, batches)  # one per batch, never one per reading
     assert batches < len(requests)
-    # Per connection, its commands since its last WAIT: what each WAIT confirms is the run of
-    # script calls right before it on its own connection, and every commit is in such a run.
-    since: dict[str, list[tuple[str, str]]] = {}
-    confirmed = 0
-    for client, command, first in lines:
-        if command != "WAIT":
-            since.setdefault(client, []).append((command, first))
-            continue
-        before = since.pop(client, [])
-        run = 0
-        while run < len(before) and (
-            before[-1 - run] == ("EVALSHA", COMMIT_SHA) or before[-1 - run][0] == "EVAL"
-        ):
-            run += 1
-        assert run > 0, (client, before[-3:])  # a WAIT that follows no write of its own
-        confirmed += sum(c == ("EVALSHA", COMMIT_SHA) for c in before[-run:])
-    commits = sum(command == "EVALSHA" and first == COMMIT_SHA for _, command, first in lines)
-    assert confirmed == commits > 0  # no commit without its WAIT after it, on its connection
-    waited = [c for c, command, _ in lines if command == "WAIT"]
+    waited = _waits_follow_their_writes(lines, "WAIT")
     assert len(waited) == waits
     assert len(set(waited)) > 1  # several connections, each confirming its own writes
     confirms = [i for i, (_, command, _) in enumerate(lines) if command == "EVAL"]
@@ -482,3 +490,52 @@ def test_bad_durability_settings_stop_start_up_naming_them() -> None:
     assert run.returncode == 2 and "--durability='replicas:0'" in run.stderr
     run = _refused_start("--durability", "replicas:1", env={"LSTM_DURABILITY_TIMEOUT_MS": "5000"})
     assert run.returncode == 2 and "--durability-timeout-ms (5000) must be below" in run.stderr
+
+
+# -- a Redis Cluster ------------------------------------------------------------------------------
+
+
+def test_on_a_cluster_each_node_confirms_its_own_streams_writes(
+    tmp_path: Path, service_factory: Callable[..., ServiceProcess], stream_id: str
+) -> None:
+    """aof on a three-node Valkey Cluster: per batch one pipeline per node, its streams' script
+    calls then its WAITAOF on that connection; answers, duplicates and events as standalone."""
+    cluster = RedisClusterServers(tmp_path / "cluster", binary=_waitaof_server()).start()
+    try:
+        service = service_factory("--durability", "aof", env={"REDIS_URL": cluster.url})
+        base = f"{service.url}/v1/streams/{stream_id}"
+        assert call("POST", f"{base}-dup/readings", {"values": [1.0], "seq": 1}).status == 200
+        monitors = [_Monitor(node) for node in cluster.nodes]
+        try:
+            with SseStream(f"{base}-7/events", timeout=10) as events:
+                items = [{"stream": f"{stream_id}-{k}", "values": [2.0]} for k in range(48)]
+                bulk = call("POST", f"{service.url}/v1/readings", {"readings": items})
+                assert events.take(1)[0].json()["seq"] == 1  # announced once confirmed
+            retry = call("POST", f"{base}-dup/readings", {"values": [1.0], "seq": 1})
+        finally:
+            per_node = [monitor.stop() for monitor in monitors]
+        assert bulk.status == 200 and all("results" in r for r in bulk.body["results"])
+        assert retry.body.get("duplicate") is True, retry.body
+        for lines in per_node:  # every node holds some of the 48 streams
+            assert _waits_follow_their_writes(lines, "WAITAOF")
+    finally:
+        cluster.stop()
+
+
+def test_on_a_cluster_without_replicas_readings_are_not_replicated(
+    tmp_path: Path, service_factory: Callable[..., ServiceProcess], stream_id: str
+) -> None:
+    cluster = RedisClusterServers(tmp_path / "cluster").start()
+    try:
+        service = service_factory(
+            "--durability", "replicas:1", "--durability-timeout-ms", "100",
+            env={"REDIS_URL": cluster.url},
+        )  # fmt: skip
+        warnings = [line for line in service.log().splitlines() if "replica(s) connected" in line]
+        assert len(warnings) == 1 and warnings[0].count("has 0 replica(s) connected") == 3
+        items = [{"stream": f"{stream_id}-{k}", "values": [2.0]} for k in range(12)]
+        bulk = call("POST", f"{service.url}/v1/readings", {"readings": items})
+        codes = {r["error"]["code"] for r in bulk.body["results"]}
+        assert codes == {"not_replicated"}
+    finally:
+        cluster.stop()
