@@ -253,8 +253,16 @@ def test_no_event_is_announced_before_its_step_is_acknowledged(
             while sum(line == b": heartbeat\n" for line in seen) < 10:
                 seen.append(events.response.readline())
             assert all(not line.startswith(b"data:") for line in seen), seen
+            # Nor from the log, where the write is: a reader catching up hands on only what
+            # is confirmed, so while nothing can be, it is told to come back.
+            with SseStream(f"{service.url}/v1/streams/{stream_id}/events?from=start") as late:
+                closed = late.next()
+                assert closed is not None and closed.kind == "closed", closed
+                assert closed.json()["code"] == "not_replicated"
         finally:
             _thaw(replica, primary)
+        with SseStream(f"{service.url}/v1/streams/{stream_id}/events?from=start") as late:
+            assert [e.json()["seq"] for e in late.take(2)] == [1, 2]  # confirmed now
         assert call("POST", url, {"values": [24.6], "seq": 2}).body.get("duplicate") is True
         assert call("POST", url, {"values": [25.3], "seq": 3}).status == 200
         # The next announcement names seq 2 as its previous event: the subscriber catches up

@@ -397,7 +397,10 @@ return written
 # the largest id a reader may no longer get, and the entries after ARGV[1] ("": from the start)
 # holding about ARGV[2] events (whole entries, so up to one entry's more), and whether more
 # follow. ARGV[3]: the reader's age cutoff in Unix ms (0: none): entries at the head older than it
-# count as deleted (the age bound applied on read). KEYS[1]: the log.
+# count as deleted (the age bound applied on read). KEYS[1]: the log. ARGV[4] = "1" (a reader at
+# --durability aof or replicas:N): when entries are read, a write of the log's last id over itself,
+# so that the WAIT or WAITAOF that follows on this connection covers every entry read: a reader
+# hands on only what is acknowledged, as the live announcements do.
 LOG_SCRIPT = (
     _LOG_LUA
     + """
@@ -435,6 +438,7 @@ if want > 0 then
   end
   if #entries < #page or #page == want then more = 1 end
 end
+if ARGV[4] == '1' and #entries > 0 then redis.call('XSETID', log, last) end
 return {1, last, deleted, entries, more}
 """
 )
@@ -916,33 +920,39 @@ class StateStore:
         announce.append(Announcement(write.keys.state, write.keys.channel, message, new_stream))
         return True
 
-    def _ack_error(self, reply: Any) -> ServiceError | None:
-        """None when the reply of WAIT or WAITAOF confirms the writes before it, else the error
-        their readings are answered with."""
+    def _ack_error(self, reply: Any, write: bool = True) -> ServiceError | None:
+        """None when the reply of WAIT or WAITAOF confirms what went before it on its
+        connection, else the error for the readings it answers (``write``) or for a reader of
+        the event log."""
         timeout = self.durability_timeout_ms
-        if isinstance(reply, Exception):
-            if isinstance(reply, ResponseError):
-                return self._unacknowledged(f"Redis refused to confirm it: {reply}")
-            return self._unacknowledged(f"the confirmation failed ({type(reply).__name__})")
-        if self.durability.level == "aof":
-            if int(reply[0]) >= 1:
-                return None
-            return self._unacknowledged(
-                f"Redis did not confirm it in its append-only file on disk within {timeout} ms"
+        why: str | None = None
+        if isinstance(reply, ResponseError):
+            why = f"Redis refused to confirm it: {reply}"
+        elif isinstance(reply, Exception):
+            why = f"the confirmation failed ({type(reply).__name__})"
+        elif self.durability.level == "aof":
+            if int(reply[0]) < 1:
+                why = f"Redis did not confirm it in its append-only file within {timeout} ms"
+        elif int(reply) < self.durability.replicas:
+            why = (
+                f"{int(reply)} of the {self.durability.replicas} replica(s) asked for confirmed "
+                f"it within {timeout} ms"
             )
-        wanted = self.durability.replicas
-        if int(reply) >= wanted:
+        if why is None:
             return None
-        return self._unacknowledged(
-            f"{int(reply)} of the {wanted} replica(s) asked for confirmed it within {timeout} ms"
+        if write:
+            return self._unacknowledged(why)
+        text = (
+            f"the stream's event log holds events not yet acknowledged at --durability "
+            f"{self.durability}: {why}"
         )
+        return NotPersisted(text) if self.durability.level == "aof" else NotReplicated(text)
 
     def _unacknowledged(self, why: str) -> ServiceError:
-        level = str(self.durability)
         text = (
-            f"the write was applied but not acknowledged at --durability {level}: {why}; retry "
-            "with the same seq (a retry is answered as a duplicate once the write is confirmed, "
-            "or applied afresh if it was lost)"
+            f"the write was applied but not acknowledged at --durability {self.durability}: "
+            f"{why}; retry with the same seq (a retry is answered as a duplicate once the write "
+            "is confirmed, or applied afresh if it was lost)"
         )
         return NotPersisted(text) if self.durability.level == "aof" else NotReplicated(text)
 
@@ -1032,7 +1042,10 @@ class StateStore:
             cutoff = (int(time.time() * 1000) if now_ms is None else now_ms) - max_age_ms
 
         async def read(client: Redis | RedisCluster) -> LogChunk:
-            reply = await client.eval(LOG_SCRIPT, 1, log_key, after, count, cutoff)
+            if self._ack is None or count == 0:
+                reply = await client.eval(LOG_SCRIPT, 1, log_key, after, count, cutoff)
+            else:
+                reply = await self._acked_read(client, log_key, [after, count, cutoff, 1])
             if not reply[0]:
                 return LogChunk(False, "", "0-0", [])
             entries = [
@@ -1042,6 +1055,33 @@ class StateStore:
             return LogChunk(True, _text(reply[1]), _text(reply[2]), entries, bool(reply[4]))
 
         return await self._call("read_log", read)
+
+    async def _acked_read(
+        self, client: Redis | RedisCluster, log_key: str, args: list[Any]
+    ) -> list[Any]:
+        """LOG_SCRIPT's reply once its entries are acknowledged at the --durability level (the
+        script call and WAITAOF or WAIT in one pipeline, on one connection); raises NotPersisted
+        or NotReplicated when they are not (the reader's client resumes later)."""
+        pipe = (
+            client.pipeline(transaction=False) if isinstance(client, Redis) else client.pipeline()
+        )
+        async with pipe:
+            pipe.execute_command("EVAL", LOG_SCRIPT, 1, log_key, *args)
+            target: dict[str, Any] = {}
+            if isinstance(client, RedisCluster):
+                node = client.get_node_from_key(log_key)
+                if node is None:
+                    raise RedisError(f"no cluster node serves key {log_key}")
+                target["target_nodes"] = node
+            pipe.execute_command(*self._ack_command(), **target)
+            reply, ack = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        if reply[0] and reply[3]:
+            unconfirmed = self._ack_error(ack, write=False)
+            if unconfirmed is not None:
+                raise unconfirmed
+        return cast(list[Any], reply)
 
     async def get(self, key: str) -> tuple[bytes | None, int]:
         """A record and its remaining TTL in ms (-1: none) in one round trip."""
