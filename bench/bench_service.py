@@ -351,13 +351,18 @@ def _variant_rounds(
     prepare: Callable[[str], None] | None = None,
 ) -> dict[tuple[str, str], dict[str, float]]:
     """Each variant (its environment and the checkout it runs from) on every case, a fresh
-    service per variant and round, the variants alternating round by round; the median row of
-    each (variant, case). Each variant keeps its streams under a key prefix of its own, so that
-    none meets state or logs another one wrote (another version's log format, or its logs'
-    fill). ``prepare(variant)`` runs before each variant's service starts (Redis's set-up)."""
+    service per variant and round, the variants alternating round by round (the order turning
+    by one each round); the median row of each (variant, case). Each variant keeps its streams
+    under a key prefix of its own, so that none meets state or logs another one wrote (another
+    version's log format, or its logs' fill). ``prepare(variant)`` runs before each variant's
+    service starts (Redis's set-up)."""
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
-    for _ in range(args.rounds):
-        for name, (extra_env, tree) in variants.items():
+    names = list(variants)
+    for round_ in range(args.rounds):
+        # Each round starts with the next variant, so that none always runs first or last.
+        turn = round_ % len(names)
+        for name in names[turn:] + names[:turn]:
+            extra_env, tree = variants[name]
             if prepare is not None:
                 prepare(name)
             argv = harness.service_argv(args.workers, *SERVICE_LIMITS)
