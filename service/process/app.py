@@ -173,8 +173,15 @@ async def end_subscriptions(app: web.Application) -> None:
 
 async def expiry_ctx(app: web.Application) -> AsyncIterator[None]:
     store, models, settings = app[STORE], app[MODELS], app[SETTINGS]
-    globs = {store.state_key_glob(name): name for name in models}
-    watcher = ExpiryWatcher(app[_REDIS_URL], globs, app[METRICS], settings.redis_timeout_s)
+    # every tenant's state keys of every served model
+    globs = [glob for name in models for glob in store.state_key_globs(name)]
+    watcher = ExpiryWatcher(
+        app[_REDIS_URL],
+        globs,
+        store.parse_state_key,
+        app[METRICS],
+        settings.redis_timeout_s,
+    )
     task = asyncio.create_task(watcher.run(), name="expiry-watcher")
     try:
         yield

@@ -11,6 +11,8 @@ is in flight, new readings queue, and once as many are queued as it took, a seco
 other streams may start; no timer is involved, so a lone reading waits for nothing but its own
 work. A stream whose write lost a race goes back to the front of the queue and is recomputed from
 the state that won; the other streams of the batch are answered.
+
+A stream is (tenant, model, stream): units are grouped by their state key, which names all three.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ class Batcher:
         advances one batch at a time.
         """
         in_flight: set[asyncio.Task[None]] = set()
-        busy: set[tuple[str, str]] = set()  # (model, stream) of every batch in flight
+        busy: set[tuple[str, str, str]] = set()  # (tenant, model, stream) of batches in flight
         try:
             while True:
                 batch = self._take(busy) if self._may_start(in_flight) else []
@@ -145,7 +147,7 @@ class Batcher:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                streams = {(u.model.name, u.stream) for u in batch}
+                streams = {(u.tenant, u.model.name, u.stream) for u in batch}
                 busy.update(streams)
                 self._last_batch_readings = sum(len(u.readings) for u in batch)
                 task = asyncio.create_task(self._guarded(batch))
@@ -171,9 +173,9 @@ class Batcher:
 
     def _done(
         self,
-        streams: set[tuple[str, str]],
+        streams: set[tuple[str, str, str]],
         in_flight: set[asyncio.Task[None]],
-        busy: set[tuple[str, str]],
+        busy: set[tuple[str, str, str]],
         task: asyncio.Task[None],
     ) -> None:
         in_flight.discard(task)
@@ -193,7 +195,7 @@ class Batcher:
         self._accepting = False
         self._wakeup.set()
 
-    def _take(self, busy: set[tuple[str, str]]) -> list[Unit]:
+    def _take(self, busy: set[tuple[str, str, str]]) -> list[Unit]:
         """The next batch, in queue order, up to the batch limit, leaving in the queue (in
         order) every unit of a stream that has a batch in flight."""
         batch: list[Unit] = []
@@ -208,7 +210,7 @@ class Batcher:
                 break
             queue.popleft()
             if busy:
-                stream = (unit.model.name, unit.stream)
+                stream = (unit.tenant, unit.model.name, unit.stream)
                 if stream in busy:
                     held.append(unit)
                     continue
@@ -254,7 +256,7 @@ class Batcher:
             if unit.attempts == 1:
                 tally.queued += 1
                 tally.queue_s += started - unit.enqueued_at
-            key = self.store.state_key(name, unit.stream)
+            key = self.store.state_key(unit.tenant, name, unit.stream)
             groups.setdefault(key, []).append(unit)
         # Streams whose last record this process wrote are planned from it (state_cache.py);
         # the others, and any whose plan would answer without writing, are read first. Simple
@@ -598,7 +600,7 @@ class Batcher:
             )
             writes.append(
                 Write(
-                    stream_keys(model.name, units[0].stream),
+                    stream_keys(units[0].tenant, model.name, units[0].stream),
                     guard,
                     buffer[i * size : (i + 1) * size],
                     events,
@@ -676,7 +678,7 @@ class Batcher:
             output.y_bytes[last.first * row : (last.first + last.count) * row],
         )
         return Write(
-            self.store.stream_keys(plan.model.name, plan.stream),
+            self.store.stream_keys(plan.units[0].tenant, plan.model.name, plan.stream),
             guard,
             record,
             events,

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..core.errors import ModelVersionMismatch, ServiceError, StaleSeq
+from ..core.ids import DEFAULT_TENANT
 from .model import ServedModel
 from .record import StreamState
 
@@ -69,8 +70,9 @@ class Ticket:
 class Unit:
     """The readings of one stream from one request: applied together or not at all.
 
-    ``start``: the stream begins a new generation from zero state with these readings (v2's
-    ``sequence_start``); ``end``: the stream ends after them (``sequence_end``).
+    ``tenant``, ``model`` and ``stream`` name the stream. ``start``: the stream begins a new
+    generation from zero state with these readings (v2's ``sequence_start``); ``end``: the stream
+    ends after them (``sequence_end``).
 
     A unit's answer goes to its ``future``, which its request awaits. The units of a bulk request
     have none: their answers are kept in ``outcome`` (a result or an error) and the request
@@ -81,6 +83,7 @@ class Unit:
     stream: str
     readings: list[Reading]
     future: asyncio.Future[UnitResult] | None
+    tenant: str = DEFAULT_TENANT
     enqueued_at: float = field(default_factory=time.perf_counter)
     attempts: int = 0
     ticket: Ticket | None = None

@@ -6,9 +6,13 @@ write's last event id (``{generation}-{seq}``) and which holds all the write's e
 several steps in the live message's encoding (``events.log_append_packed``), a write of one step
 in five short fields; logs written before entries were per write hold one entry per step, and
 every form is read alike (``events.log_events``). The log's bound counts events; the entry forms,
-how the bound is kept, and when the age bound is applied are said above ``_LOG_LUA``. Keys carry
-a Redis Cluster hash tag per stream (``{model:stream}``), so a stream's record, log and channel
-share a slot.
+how the bound is kept, and when the age bound is applied are said above ``_LOG_LUA``.
+
+A stream is named by (tenant, model, stream). Its keys carry a Redis Cluster hash tag per stream,
+so its record, log and channel share a slot: ``{prefix}:{model:stream}:state`` for the default
+tenant (the layout of before tenants, so existing streams are the default tenant's), and
+``{prefix}:{tenant/model:stream}:state`` for any other (``/`` occurs in no tenant, model or stream
+name, so one tenant's globs never match another's keys).
 
 A batch reads every state with one MGET and writes every stream with one call of
 ``COMMIT_SCRIPT``, which compares each stream's guard (generation and seq) before it sets the new
@@ -33,6 +37,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from ..core.errors import RedisUnavailable
+from ..core.ids import DEFAULT_TENANT
 from ..core.metrics import Metrics
 
 __all__ = [
@@ -42,6 +47,7 @@ __all__ = [
     "LogChunk",
     "LogPolicy",
     "StateStore",
+    "StreamId",
     "StreamKeys",
     "Write",
 ]
@@ -148,7 +154,9 @@ end
 # reader holding an id from an earlier life of the log learns that whatever followed it is gone.
 # A write that starts a new generation (guard "") also publishes "{state key}\n{floor id}" on the
 # plain channel "{prefix}:new-streams" (StateStore.new_streams_channel), so that a prefix
-# subscriber learns of a stream it has not seen: once per generation, never per step.
+# subscriber learns of a stream it has not seen: once per generation, never per step. The state
+# key names the stream's tenant (StateStore.parse_new_stream), so one channel serves every tenant
+# and a subscriber hears only of its own tenant's streams.
 # Returns per stream 1 (written), 0 (guard differed: someone else advanced or ended the stream) or
 # the log's last generation as a string (generation too old).
 COMMIT_SCRIPT = (
@@ -415,6 +423,14 @@ return {1, last, deleted, entries, more}
 T = TypeVar("T")
 
 
+class StreamId(NamedTuple):
+    """What names a stream: its tenant, its model and its id."""
+
+    tenant: str
+    model: str
+    stream: str
+
+
 class StreamKeys(NamedTuple):
     """A stream's Redis names, all in one cluster hash slot."""
 
@@ -488,22 +504,53 @@ class StateStore:
         self._connecting = asyncio.Lock()
         self._commit_sha: str | None = None
 
-    def _tag(self, model: str, stream: str) -> str:
+    # -- key names ---------------------------------------------------------------------------
+    # On the hot path a key is built once per stream per batch: one comparison of short strings
+    # and one f-string, as before tenants.
+
+    def _tag(self, tenant: str, model: str, stream: str) -> str:
         """What every key of a stream starts with: the prefix and the cluster hash tag."""
-        return f"{self.prefix}:{{{model}:{stream}}}"
+        if tenant == DEFAULT_TENANT:
+            return f"{self.prefix}:{{{model}:{stream}}}"
+        return f"{self.prefix}:{{{tenant}/{model}:{stream}}}"
 
-    def state_key(self, model: str, stream: str) -> str:
-        return f"{self._tag(model, stream)}:state"
+    def state_key(self, tenant: str, model: str, stream: str) -> str:
+        if tenant == DEFAULT_TENANT:
+            return f"{self.prefix}:{{{model}:{stream}}}:state"
+        return f"{self.prefix}:{{{tenant}/{model}:{stream}}}:state"
 
-    def stream_keys(self, model: str, stream: str) -> StreamKeys:
-        tag = self._tag(model, stream)
+    def stream_keys(self, tenant: str, model: str, stream: str) -> StreamKeys:
+        tag = self._tag(tenant, model, stream)
         return StreamKeys(f"{tag}:state", f"{tag}:events", f"{tag}:live")
 
-    def state_key_glob(self, model: str) -> str:
-        """A Redis glob matching the state keys of every stream of ``model`` and nothing else
-        (model names and stream ids hold no glob characters; the prefix may)."""
-        prefix = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
-        return f"{prefix}:{{{model}:*}}:state"
+    def _glob_prefix(self) -> str:
+        """The prefix with Redis glob characters escaped (model, tenant and stream names hold
+        none; a prefix may)."""
+        return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
+
+    @staticmethod
+    def _namespace(tenant: str) -> str:
+        """What a tenant's keys hold before the model inside the hash tag."""
+        return "" if tenant == DEFAULT_TENANT else f"{tenant}/"
+
+    def state_key_glob(self, tenant: str, model: str) -> str:
+        """A Redis glob matching the state keys of every stream of ``tenant`` and ``model`` and
+        nothing else."""
+        return f"{self._glob_prefix()}:{{{self._namespace(tenant)}{model}:*}}:state"
+
+    def state_key_globs(self, model: str) -> tuple[str, str]:
+        """Redis globs that together match the state keys of every stream of ``model``, of
+        every tenant, and nothing else: the default tenant's, and any other's (which alone
+        have a ``/`` in the hash tag)."""
+        prefix = self._glob_prefix()
+        return f"{prefix}:{{{model}:*}}:state", f"{prefix}:{{*/{model}:*}}:state"
+
+    def parse_state_key(self, key: str) -> StreamId | None:
+        """The stream a state key names; None if it is not one of this prefix's state keys."""
+        head, tail = f"{self.prefix}:{{", "}:state"
+        if not (key.startswith(head) and key.endswith(tail)):
+            return None
+        return _stream_id(key[len(head) : -len(tail)])
 
     async def close(self) -> None:
         if self._client is not None:
@@ -730,22 +777,21 @@ class StateStore:
         """The plain channel COMMIT_SCRIPT announces every new stream generation on."""
         return f"{self.prefix}:new-streams"
 
-    def parse_new_stream(self, message: bytes) -> tuple[str, str, str] | None:
-        """(model, stream, floor id) from a new-streams message; None if it is not one."""
+    def parse_new_stream(self, message: bytes) -> tuple[StreamId, str] | None:
+        """(the stream, its floor id) from a new-streams message; None if it is not one."""
         key, _, floor = message.decode("utf-8", "replace").partition("\n")
-        head, tail = f"{self.prefix}:{{", "}:state"
-        if not (key.startswith(head) and key.endswith(tail)):
-            return None
-        model, sep, stream = key[len(head) : -len(tail)].partition(":")  # models have no ":"
-        return (model, stream, floor) if sep else None
+        stream = self.parse_state_key(key)
+        return None if stream is None else (stream, floor)
 
-    async def scan_streams(self, model: str, stream_prefix: str, limit: int) -> list[str]:
-        """Streams of ``model`` whose id starts with ``stream_prefix`` that have state or an
-        event log, found with SCAN on every primary; at most ``limit + 1`` of them, so a caller
-        can tell that there are more than ``limit``."""
-        escape = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
-        pattern = f"{escape}:{{{model}:{stream_prefix}*}}:*"
-        head = f"{self.prefix}:{{{model}:"
+    async def scan_streams(
+        self, tenant: str, model: str, stream_prefix: str, limit: int
+    ) -> list[str]:
+        """Streams of ``tenant`` and ``model`` whose id starts with ``stream_prefix`` that have
+        state or an event log, found with SCAN on every primary; at most ``limit + 1`` of them,
+        so a caller can tell that there are more than ``limit``."""
+        namespace = self._namespace(tenant)
+        pattern = f"{self._glob_prefix()}:{{{namespace}{model}:{stream_prefix}*}}:*"
+        head = f"{self.prefix}:{{{namespace}{model}:"
 
         async def scan(client: Redis | RedisCluster) -> list[str]:
             found: set[str] = set()
@@ -779,6 +825,18 @@ class StateStore:
             return bool(await client.delete(key))
 
         return await self._call("delete", delete)
+
+
+def _stream_id(tag: str) -> StreamId | None:
+    """The stream named by a hash tag's content: ``model:stream`` (the default tenant) or
+    ``tenant/model:stream``."""
+    tenant, slash, rest = tag.partition("/")
+    if not slash:
+        tenant, rest = DEFAULT_TENANT, tag
+    elif tenant == DEFAULT_TENANT or "/" in rest:
+        return None  # the default tenant's keys have no namespace
+    model, sep, stream = rest.partition(":")  # models have no ":"
+    return StreamId(tenant, model, stream) if sep and model and stream else None
 
 
 def _text(value: bytes | str) -> str:

@@ -1,0 +1,397 @@
+"""Tenants as namespaces of streams: ``(tenant, model, stream)`` names a stream. Two tenants and the
+default one use the same stream ids through the real app, real HTTP and a real redis-server, and
+keep apart their state, their event logs, their live events (SSE and WebSocket) and what their
+prefix subscriptions discover; the default tenant's keys are exactly those of before tenants; the
+expiry watcher maps every tenant's expired keys to their streams.
+
+The tenant of a request comes from a test-only header (``inprocess_service.py``) until
+authentication sets it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from inprocess_service import InProcessService, as_tenant
+from service_harness import RedisServer, Response, call, metric
+from sse_client import SseStream
+
+from service.core.ids import DEFAULT_TENANT
+from service.core.metrics import Metrics
+from service.core.settings import Settings
+from service.step.expiry import ExpiryWatcher
+from service.step.state_store import StateStore, StreamId
+
+# The seam authentication will set (app_keys.TENANT) is a str key: aiohttp advises a RequestKey,
+# once per process, when the test's middleware first sets it.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:It is recommended to use web.RequestKey:aiohttp.web_exceptions.NotAppKeyWarning"
+)
+
+MODEL = "elnino"
+
+
+def _tenant() -> str:
+    """A tenant of its own for a test (the module's tests share one Redis)."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="module")
+def service(redis_server: RedisServer) -> Iterator[InProcessService]:
+    running = InProcessService(Settings(redis_url=redis_server.url)).start()
+    yield running
+    running.stop()
+
+
+def _post(
+    service: InProcessService, tenant: str | None, stream: str, n: int = 1, value: float = 24.0
+) -> Response:
+    body = {"readings": [{"values": [value + k / 10]} for k in range(n)]}
+    url = f"{service.url}/v1/streams/{stream}/readings"
+    return call("POST", url, body, headers=as_tenant(tenant))
+
+
+def _ok(answer: Response) -> dict[str, Any]:
+    assert answer.status == 200, answer.body
+    return dict(answer.body)
+
+
+def _state(service: InProcessService, tenant: str | None, stream: str) -> Response:
+    return call("GET", f"{service.url}/v1/streams/{stream}", headers=as_tenant(tenant))
+
+
+def _delete(service: InProcessService, tenant: str | None, stream: str) -> Response:
+    return call("DELETE", f"{service.url}/v1/streams/{stream}", headers=as_tenant(tenant))
+
+
+def _v2(
+    service: InProcessService,
+    tenant: str | None,
+    stream: str,
+    start: bool = False,
+    end: bool = False,
+) -> Response:
+    body = {
+        "parameters": {"sequence_id": stream, "sequence_start": start, "sequence_end": end},
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, 1], "data": [24.0]}],
+    }
+    return call("POST", f"{service.url}/v2/models/{MODEL}/infer", body, headers=as_tenant(tenant))
+
+
+# -- the key layout ------------------------------------------------------------------------------
+
+
+def test_the_default_tenant_keeps_the_keys_of_before_tenants_and_others_get_a_namespace(
+    service: InProcessService, redis_server: RedisServer, stream_id: str
+) -> None:
+    store = StateStore("", "lstm", Metrics(), 1)
+    assert store.state_key(DEFAULT_TENANT, MODEL, "buoy-7") == "lstm:{elnino:buoy-7}:state"
+    assert store.stream_keys(DEFAULT_TENANT, MODEL, "buoy-7") == (
+        "lstm:{elnino:buoy-7}:state",
+        "lstm:{elnino:buoy-7}:events",
+        "lstm:{elnino:buoy-7}:live",
+    )
+    assert store.stream_keys("acme", MODEL, "a:b") == (
+        "lstm:{acme/elnino:a:b}:state",
+        "lstm:{acme/elnino:a:b}:events",
+        "lstm:{acme/elnino:a:b}:live",
+    )
+    assert store.parse_state_key("lstm:{elnino:a:b}:state") == (DEFAULT_TENANT, MODEL, "a:b")
+    assert store.parse_state_key("lstm:{acme/elnino:a:b}:state") == ("acme", MODEL, "a:b")
+    for other in [
+        "lstm:{elnino:a}:events",
+        "other:{elnino:a}:state",
+        "lstm:{default/elnino:a}:state",  # the default tenant's keys have no namespace
+        "lstm:{a/b/elnino:a}:state",
+    ]:
+        assert store.parse_state_key(other) is None, other
+
+    # Through the service: the default tenant's steps make exactly the keys they made before
+    # tenants; another tenant's the same keys with its namespace.
+    tenant = _tenant()
+    _ok(_post(service, None, stream_id))
+    _ok(_post(service, tenant, stream_id))
+    keys = sorted(k.decode() for k in redis_server.client().keys(f"*{stream_id}*"))
+    assert keys == sorted(
+        [
+            f"lstm:{{elnino:{stream_id}}}:events",
+            f"lstm:{{elnino:{stream_id}}}:state",
+            f"lstm:{{{tenant}/elnino:{stream_id}}}:events",
+            f"lstm:{{{tenant}/elnino:{stream_id}}}:state",
+        ]
+    )
+
+
+def test_each_glob_matches_its_tenants_state_keys_and_nothing_else(
+    redis_server: RedisServer,
+) -> None:
+    """The globs the expiry watcher and prefix discovery use, asked of Redis itself."""
+    store = StateStore("", "glob?*", Metrics(), 1)  # glob characters in the prefix are escaped
+    keys = {
+        "default": store.state_key(DEFAULT_TENANT, MODEL, "s:1"),
+        "acme": store.state_key("acme", MODEL, "s:1"),
+        "acme-sst": store.state_key("acme", "sst", "s:1"),
+        "beta": store.state_key("beta", MODEL, "s:2"),
+        "default-sst": store.state_key(DEFAULT_TENANT, "sst", "s:1"),
+        "named-like-a-model": store.state_key(MODEL, "sst", "s:1"),  # tenant "elnino"
+        "events": store.stream_keys("acme", MODEL, "s:1").log,
+        "other-prefix": StateStore("", "globx", Metrics(), 1).state_key("acme", MODEL, "s"),
+    }
+    client = redis_server.client()
+    for key in keys.values():
+        client.set(key, b"1")
+
+    def matched(glob: str) -> set[str]:
+        found = {k.decode() for k in client.keys(glob)}
+        return {name for name, key in keys.items() if key in found}
+
+    assert matched(store.state_key_glob(DEFAULT_TENANT, MODEL)) == {"default"}
+    assert matched(store.state_key_glob("acme", MODEL)) == {"acme"}
+    assert set().union(*map(matched, store.state_key_globs(MODEL))) == {"default", "acme", "beta"}
+    assert set().union(*map(matched, store.state_key_globs("sst"))) == {
+        "acme-sst",
+        "default-sst",
+        "named-like-a-model",
+    }
+    client.delete(*keys.values())
+
+
+# -- state, events, subscriptions ------------------------------------------------------------------
+
+
+def test_tenants_keep_separate_state_under_the_same_stream_ids(
+    service: InProcessService, stream_id: str
+) -> None:
+    a, b = _tenant(), _tenant()
+    first_a = _ok(_post(service, a, stream_id, 3))
+    first_b = _ok(_post(service, b, stream_id, 1))
+    first_default = _ok(_post(service, None, stream_id, 2))
+    # Every one started from zero state: the same first reading, the same prediction.
+    assert first_a["results"][0] == first_b["results"][0] == first_default["results"][0]
+    assert [_state(service, t, stream_id).body["seq"] for t in (a, b, None)] == [3, 1, 2]
+    stranger = _state(service, _tenant(), stream_id)
+    assert stranger.status == 404 and stranger.body["error"]["code"] == "stream_not_found"
+
+    # Ending b's stream ends only b's.
+    assert _delete(service, b, stream_id).status == 204
+    assert _delete(service, b, stream_id).status == 404
+    assert _state(service, b, stream_id).status == 404
+    assert [_state(service, t, stream_id).body["seq"] for t in (a, None)] == [3, 2]
+
+    # Bulk and v2 requests are the tenant's too.
+    bulk = call(
+        "POST",
+        f"{service.url}/v1/readings",
+        {"readings": [{"stream": stream_id, "values": [24.0]}]},
+        headers=as_tenant(b),
+    )
+    assert bulk.status == 200 and bulk.body["results"][0]["results"][0]["seq"] == 1
+    v2 = _v2(service, a, stream_id)
+    assert v2.status == 200, v2.body
+    assert v2.body["parameters"]["seq"] == 4
+    assert [_state(service, t, stream_id).body["seq"] for t in (a, b, None)] == [4, 1, 2]
+
+
+def test_each_tenants_event_log_and_live_events_hold_only_its_own_steps(
+    service: InProcessService, stream_id: str
+) -> None:
+    a, b = _tenant(), _tenant()
+    url = f"{service.url}/v1/streams/{stream_id}/events"
+    with SseStream(url, headers=as_tenant(a)) as live_a:
+        assert live_a.status == 200
+        _ok(_post(service, None, stream_id, 2))
+        _ok(_post(service, b, stream_id, 3))
+        gen_a = _ok(_post(service, a, stream_id, 2))["generation"]
+        got = [e for e in live_a.take(2)]
+        assert [e.id for e in got] == [f"{gen_a}-1", f"{gen_a}-2"]
+        assert all(e.json()["stream"] == stream_id for e in got)
+    gen_b = _state(service, b, stream_id).body["generation"]
+    with SseStream(url + "?from=start", headers=as_tenant(b)) as log_b:
+        assert [e.id for e in log_b.take(3)] == [f"{gen_b}-{k}" for k in (1, 2, 3)]
+    with SseStream(url + "?from=start") as log_default:
+        gen = _state(service, None, stream_id).body["generation"]
+        assert [e.id for e in log_default.take(2)] == [f"{gen}-1", f"{gen}-2"]
+    # A tenant that never wrote the stream has no log of it: a resume says the gap.
+    with SseStream(url + "?after=1-1", headers=as_tenant(_tenant())) as stranger:
+        gap = stranger.next()
+        assert gap is not None and gap.kind == "gap" and gap.json()["lost_through"] is None
+
+
+async def _ws(service: InProcessService, tenant: str | None) -> tuple[Any, Any]:
+    session = aiohttp.ClientSession()
+    ws = await session.ws_connect(
+        f"{service.url}/v1/events/ws", headers=as_tenant(tenant), heartbeat=None
+    )
+    return session, ws
+
+
+async def _until(ws: Any, kind: str) -> dict[str, Any]:
+    while True:
+        message: dict[str, Any] = await ws.receive_json(timeout=10)
+        if message["type"] == kind:
+            return message
+        assert message["type"] == "streams", message
+
+
+async def _events(ws: Any, quiet_s: float = 0.7) -> list[tuple[str, str]]:
+    """(stream, id) of every event until the connection is quiet for ``quiet_s``."""
+    got = []
+    while True:
+        try:
+            message = await ws.receive_json(timeout=quiet_s)
+        except TimeoutError:
+            return got
+        if message["type"] == "event":
+            got.append((message["stream"], message["id"]))
+
+
+def test_websocket_and_prefix_subscriptions_reach_only_their_tenants_streams(
+    service: InProcessService, stream_id: str
+) -> None:
+    a, b = _tenant(), _tenant()
+    prefix = f"{stream_id}-p-"
+    old_a, old_b = prefix + "old-a", prefix + "old-b"
+    _ok(_post(service, a, old_a))
+    _ok(_post(service, b, old_b))
+    _ok(_post(service, None, old_b))
+
+    async def scenario() -> None:
+        session, ws = await _ws(service, a)
+        try:
+            await ws.send_json({"op": "subscribe", "prefix": prefix, "ref": 1})
+            assert (await _until(ws, "subscribed"))["streams"] == [old_a]
+            await ws.send_json({"op": "subscribe", "streams": [stream_id], "ref": 2})
+            assert (await _until(ws, "subscribed"))["streams"] == [stream_id]
+            # The same ids, written by b and by the default tenant: nothing reaches a.
+            for tenant in (b, None):
+                _ok(_post(service, tenant, stream_id))
+                _ok(_post(service, tenant, old_a))
+                _ok(_post(service, tenant, prefix + "new"))
+            assert await _events(ws) == []
+            g_new = _ok(_post(service, a, prefix + "new"))["generation"]
+            g_one = _ok(_post(service, a, stream_id))["generation"]
+            g_old = _ok(_post(service, a, old_a))["generation"]
+            assert sorted(await _events(ws)) == sorted(
+                [
+                    (prefix + "new", f"{g_new}-1"),
+                    (stream_id, f"{g_one}-1"),
+                    (old_a, f"{g_old}-2"),
+                ]
+            )
+        finally:
+            await ws.close()
+            await session.close()
+
+    asyncio.run(scenario())
+    # Multi-stream SSE by prefix: the streams it finds are the tenant's.
+    c = _tenant()
+    _ok(_post(service, c, prefix + "c-only"))
+    with SseStream(f"{service.url}/v1/events?prefix={prefix}", headers=as_tenant(c)) as multi:
+        first = multi.next()
+        assert first is not None and first.kind == "streams"
+        assert first.json()["streams"] == [prefix + "c-only"]
+
+
+def test_a_prefix_of_nothing_follows_every_stream_of_its_tenant_and_only_those(
+    redis_factory: Callable[[], RedisServer],
+) -> None:
+    server = redis_factory()  # a Redis of its own: "" matches every stream there
+    service = InProcessService(Settings(redis_url=server.url)).start()
+    a = _tenant()
+    try:
+        _ok(_post(service, None, "d-1"))
+        _ok(_post(service, a, "a-1"))
+        _ok(_post(service, a, "d-1"))
+
+        async def scenario() -> None:
+            sessions = []
+            try:
+                default_session, default_ws = await _ws(service, None)
+                a_session, a_ws = await _ws(service, a)
+                sessions = [(default_session, default_ws), (a_session, a_ws)]
+                await default_ws.send_json({"op": "subscribe", "prefix": ""})
+                assert (await _until(default_ws, "subscribed"))["streams"] == ["d-1"]
+                await a_ws.send_json({"op": "subscribe", "prefix": ""})
+                assert sorted((await _until(a_ws, "subscribed"))["streams"]) == ["a-1", "d-1"]
+                g_d = _ok(_post(service, None, "d-2"))["generation"]
+                g_a = _ok(_post(service, a, "a-2"))["generation"]
+                _ok(_post(service, _tenant(), "x-1"))
+                assert await _events(default_ws) == [("d-2", f"{g_d}-1")]
+                assert await _events(a_ws) == [("a-2", f"{g_a}-1")]
+            finally:
+                for session, ws in sessions:
+                    await ws.close()
+                    await session.close()
+
+        asyncio.run(scenario())
+    finally:
+        service.stop()
+
+
+# -- expiry ----------------------------------------------------------------------------------------
+
+
+def test_the_expiry_watcher_maps_every_tenants_expired_keys_to_their_streams(
+    redis_factory: Callable[[], RedisServer],
+) -> None:
+    server = redis_factory()
+    store = StateStore(server.url, "lstm", Metrics(), 2)
+    metrics = Metrics()
+    got: list[StreamId] = []
+    parse_key = store.parse_state_key
+
+    def parse_and_note(key: str) -> StreamId | None:
+        stream = parse_key(key)
+        if stream is not None:
+            got.append(stream)
+        return stream
+
+    async def scenario() -> None:
+        globs = [*store.state_key_globs(MODEL)]
+        watcher = ExpiryWatcher(server.url, globs, parse_and_note, metrics, 2)
+        task = asyncio.create_task(watcher.run())
+        client = server.client()
+        try:
+            deadline = time.monotonic() + 10
+            while client.execute_command("PUBSUB", "NUMPAT") < 2:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            watched = [
+                StreamId(DEFAULT_TENANT, MODEL, "buoy:7"),
+                StreamId("acme", MODEL, "buoy:7"),
+                StreamId("beta", MODEL, "b"),
+            ]
+            for stream in watched:
+                client.set(store.state_key(*stream), b"1", px=50)
+            # Not state keys of a served model's stream: expire unnoticed.
+            for key in [
+                store.state_key("acme", "sst", "buoy:7"),
+                store.state_key(DEFAULT_TENANT, "sst", "x"),
+                store.stream_keys("acme", MODEL, "buoy:7").log,
+                "other:{elnino:x}:state",
+            ]:
+                client.set(key, b"1", px=50)
+            while len(got) < 3:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # anything else would have arrived by now
+            assert sorted(got) == sorted(watched)
+            assert metric(_samples(metrics), "lstm_streams_expired_total", model=MODEL) == 3
+        finally:
+            await watcher.stop(task)
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def _samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in metrics.collect()
+        for s in family.samples
+    }
