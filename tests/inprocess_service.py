@@ -1,7 +1,7 @@
 """The service's real app (``create_app``) served from a thread of the test process, for what no
 flag sets yet: the request's tenant, taken from a test-only header (``TENANT_HEADER``) where
-authentication will set it. Everything else is the real thing: real HTTP on a free port, a real
-redis-server."""
+authentication will set it, and the batcher's per-tenant limits on live streams (``limits``).
+Everything else is the real thing: real HTTP on a free port, a real redis-server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from service_harness import free_port
 
-from service.api.app_keys import TENANT
+from service.api.app_keys import BATCHER, TENANT
 from service.core.settings import Settings
 from service.process.app import create_app
 
@@ -37,11 +37,15 @@ def as_tenant(tenant: str | None) -> dict[str, str]:
 
 
 class InProcessService:
-    """``create_app(settings)`` listening on 127.0.0.1 from a thread with its own event loop."""
+    """``create_app(settings)`` listening on 127.0.0.1 from a thread with its own event loop.
 
-    def __init__(self, settings: Settings) -> None:
+    ``limits`` maps a tenant to its ``max_streams``; the test may change it at any time (the
+    batcher reads it per new stream)."""
+
+    def __init__(self, settings: Settings, limits: dict[str, int] | None = None) -> None:
         self.port = free_port()
         self.settings = settings
+        self.limits: dict[str, int] = {} if limits is None else limits
         self.app: web.Application | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -86,6 +90,7 @@ class InProcessService:
         self.app = app
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()  # opens every resource (cleanup_ctx)
+        app[BATCHER].stream_limit = self.limits.get
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def _cleanup(self) -> None:

@@ -2,7 +2,9 @@
 default one use the same stream ids through the real app, real HTTP and a real redis-server, and
 keep apart their state, their event logs, their live events (SSE and WebSocket) and what their
 prefix subscriptions discover; the default tenant's keys are exactly those of before tenants; the
-expiry watcher maps every tenant's expired keys to their streams.
+expiry watcher maps every tenant's expired keys to their streams; and ``max_streams`` refuses a
+tenant's stream beyond its limit with 429, admits again once one ends or expires, repairs a count
+that missed an expiry, and costs nothing on the steps of live streams.
 
 The tenant of a request comes from a test-only header (``inprocess_service.py``) until
 authentication sets it."""
@@ -17,8 +19,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 from inprocess_service import InProcessService, as_tenant
-from service_harness import RedisServer, Response, call, metric
+from service_harness import RedisClusterServers, RedisServer, Response, call, metric, scrape_metrics
 from sse_client import SseStream
 
 from service.core.ids import DEFAULT_TENANT
@@ -34,6 +37,7 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 MODEL = "elnino"
+QUOTA_COMMANDS = ("eval", "sadd", "scard", "sismember", "srem", "smembers")
 
 
 def _tenant() -> str:
@@ -83,6 +87,20 @@ def _v2(
     return call("POST", f"{service.url}/v2/models/{MODEL}/infer", body, headers=as_tenant(tenant))
 
 
+def _quota_refusal(answer: Response, limit: int) -> None:
+    assert answer.status == 429, answer.body
+    error = answer.body["error"]
+    assert error["code"] == "quota_exceeded" and error["max_streams"] == limit, error
+    assert f"{limit} live streams" in error["message"], error
+
+
+def _command_calls(client: redis.Redis) -> dict[str, int]:
+    return {
+        name.removeprefix("cmdstat_"): int(stats["calls"])
+        for name, stats in client.info("commandstats").items()
+    }
+
+
 # -- the key layout ------------------------------------------------------------------------------
 
 
@@ -101,6 +119,7 @@ def test_the_default_tenant_keeps_the_keys_of_before_tenants_and_others_get_a_na
         "lstm:{acme/elnino:a:b}:events",
         "lstm:{acme/elnino:a:b}:live",
     )
+    assert store.tenant_streams_key("acme") == "lstm:{acme}:streams"
     assert store.parse_state_key("lstm:{elnino:a:b}:state") == (DEFAULT_TENANT, MODEL, "a:b")
     assert store.parse_state_key("lstm:{acme/elnino:a:b}:state") == ("acme", MODEL, "a:b")
     for other in [
@@ -108,6 +127,7 @@ def test_the_default_tenant_keeps_the_keys_of_before_tenants_and_others_get_a_na
         "other:{elnino:a}:state",
         "lstm:{default/elnino:a}:state",  # the default tenant's keys have no namespace
         "lstm:{a/b/elnino:a}:state",
+        "lstm:{acme}:streams",
     ]:
         assert store.parse_state_key(other) is None, other
 
@@ -125,6 +145,7 @@ def test_the_default_tenant_keeps_the_keys_of_before_tenants_and_others_get_a_na
             f"lstm:{{{tenant}/elnino:{stream_id}}}:state",
         ]
     )
+    assert redis_server.client().exists(f"lstm:{{{tenant}}}:streams") == 0  # no limit, no set
 
 
 def test_each_glob_matches_its_tenants_state_keys_and_nothing_else(
@@ -140,6 +161,8 @@ def test_each_glob_matches_its_tenants_state_keys_and_nothing_else(
         "default-sst": store.state_key(DEFAULT_TENANT, "sst", "s:1"),
         "named-like-a-model": store.state_key(MODEL, "sst", "s:1"),  # tenant "elnino"
         "events": store.stream_keys("acme", MODEL, "s:1").log,
+        "set": store.tenant_streams_key("acme"),
+        "set-default": store.tenant_streams_key(DEFAULT_TENANT),
         "other-prefix": StateStore("", "globx", Metrics(), 1).state_key("acme", MODEL, "s"),
     }
     client = redis_server.client()
@@ -343,17 +366,13 @@ def test_the_expiry_watcher_maps_every_tenants_expired_keys_to_their_streams(
     store = StateStore(server.url, "lstm", Metrics(), 2)
     metrics = Metrics()
     got: list[StreamId] = []
-    parse_key = store.parse_state_key
 
-    def parse_and_note(key: str) -> StreamId | None:
-        stream = parse_key(key)
-        if stream is not None:
-            got.append(stream)
-        return stream
+    async def on_expired(streams: Any) -> None:
+        got.extend(streams)
 
     async def scenario() -> None:
         globs = [*store.state_key_globs(MODEL)]
-        watcher = ExpiryWatcher(server.url, globs, parse_and_note, metrics, 2)
+        watcher = ExpiryWatcher(server.url, globs, store.parse_state_key, metrics, 2, on_expired)
         task = asyncio.create_task(watcher.run())
         client = server.client()
         try:
@@ -373,6 +392,7 @@ def test_the_expiry_watcher_maps_every_tenants_expired_keys_to_their_streams(
                 store.state_key("acme", "sst", "buoy:7"),
                 store.state_key(DEFAULT_TENANT, "sst", "x"),
                 store.stream_keys("acme", MODEL, "buoy:7").log,
+                store.tenant_streams_key("acme"),
                 "other:{elnino:x}:state",
             ]:
                 client.set(key, b"1", px=50)
@@ -395,3 +415,196 @@ def _samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], f
         for family in metrics.collect()
         for s in family.samples
     }
+
+
+def test_expired_streams_of_every_tenant_are_counted_and_leave_their_tenants_count(
+    redis_factory: Callable[[], RedisServer],
+) -> None:
+    server = redis_factory()
+    a, b = _tenant(), _tenant()
+    limits = {a: 1, DEFAULT_TENANT: 1}  # the default tenant may have a limit too
+    service = InProcessService(Settings(redis_url=server.url, state_ttl_s=1.0), limits).start()
+    client = server.client()
+    try:
+        for tenant in (a, None):
+            _ok(_post(service, tenant, "s1"))
+            _quota_refusal(_post(service, tenant, "s2"), 1)
+        _ok(_post(service, b, "s1"))  # no limit
+        _ok(_post(service, b, "s2"))
+        # Each tenant's streams expire; the watcher takes them out of their tenants' sets
+        # (before a refusal at the limit would have repaired the set: checked first).
+        deadline = time.monotonic() + 30
+        sets = [f"lstm:{{{a}}}:streams", f"lstm:{{{DEFAULT_TENANT}}}:streams"]
+        assert all(client.scard(s) == 1 for s in sets)
+        while any(client.scard(s) for s in sets):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        while _expired(service) < 4:  # b's streams too, written a moment later
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert _expired(service) == 4
+        for tenant in (a, None):
+            _ok(_post(service, tenant, "s2"))
+            _quota_refusal(_post(service, tenant, "s1"), 1)
+        assert client.smembers(sets[0]) == {f"lstm:{{{a}/elnino:s2}}:state".encode()}
+        assert client.smembers(sets[1]) == {b"lstm:{elnino:s2}:state"}
+        assert client.exists(f"lstm:{{{b}}}:streams") == 0
+    finally:
+        service.stop()
+
+
+def _expired(service: InProcessService) -> float:
+    return metric(scrape_metrics(service.url), "lstm_streams_expired_total", model=MODEL)
+
+
+# -- max_streams -----------------------------------------------------------------------------------
+
+
+def test_max_streams_refuses_a_new_stream_beyond_the_limit_until_one_ends(
+    service: InProcessService, stream_id: str
+) -> None:
+    a, b = _tenant(), _tenant()
+    service.limits[a] = 2
+    s1, s2, s3, s4 = (f"{stream_id}-{k}" for k in range(1, 5))
+    _ok(_post(service, a, s1))
+    _ok(_post(service, a, s2))
+    _quota_refusal(_post(service, a, s3), 2)
+    assert _state(service, a, s3).status == 404  # nothing of it was written
+    _ok(_post(service, a, s1))  # live streams go on
+    for stream in (s1, s2, s3):  # another tenant, without a limit, is not concerned
+        _ok(_post(service, b, stream))
+    bulk = call(
+        "POST",
+        f"{service.url}/v1/readings",
+        {"readings": [{"stream": s, "values": [24.0]} for s in (s1, s3)]},
+        headers=as_tenant(a),
+    )
+    assert bulk.status == 200
+    assert bulk.body["results"][0]["results"][0]["seq"] == 3
+    assert bulk.body["results"][1]["error"]["code"] == "quota_exceeded"
+    # v2: its error form, and a sequence_start of a live stream is no new stream to count.
+    refused = _v2(service, a, s3)
+    assert refused.status == 429 and "2 live streams" in refused.body["error"], refused.body
+    assert _v2(service, a, s1, start=True).status == 200
+    # Ending a stream lets another start: DELETE, then v2's sequence_end.
+    assert _delete(service, a, s1).status == 204
+    _ok(_post(service, a, s3))
+    _quota_refusal(_post(service, a, s4), 2)
+    ended = _v2(service, a, s2, end=True)
+    assert ended.status == 200, ended.body
+    _ok(_post(service, a, s4))  # at once: the end was answered after the count let s2 go
+    _quota_refusal(_post(service, a, s1), 2)
+    # A new reading of the ended s2 starts it afresh, which counts again.
+    _quota_refusal(_post(service, a, s2), 2)
+
+
+def test_a_step_of_a_live_stream_costs_no_quota_command(
+    service: InProcessService, redis_server: RedisServer, stream_id: str
+) -> None:
+    a, b = _tenant(), _tenant()
+    service.limits[a] = 5
+    client = redis_server.client()
+    _ok(_post(service, a, stream_id))
+    client.config_resetstat()
+    for _ in range(3):
+        _ok(_post(service, a, stream_id))
+        _ok(_post(service, b, stream_id))
+    _ok(_post(service, b, f"{stream_id}-new"))  # a new stream of a tenant without a limit
+    _ok(_post(service, None, f"{stream_id}-new"))
+    calls = _command_calls(client)
+    assert not set(QUOTA_COMMANDS) & set(calls), calls
+    # A new stream of a tenant with a limit: one script call, in one round trip.
+    client.config_resetstat()
+    _ok(_post(service, a, f"{stream_id}-new"))
+    calls = _command_calls(client)
+    assert calls["eval"] == 1 and calls["sadd"] == 1, calls
+
+
+def test_a_count_that_missed_an_expiry_is_repaired_at_the_limit(
+    service: InProcessService, redis_server: RedisServer, stream_id: str
+) -> None:
+    a = _tenant()
+    service.limits[a] = 1
+    _ok(_post(service, a, f"{stream_id}-1"))
+    # The stream's record goes without the watcher hearing of it (as when it expires while no
+    # watcher listens).
+    client = redis_server.client()
+    client.delete(f"lstm:{{{a}/elnino:{stream_id}-1}}:state")
+    client.config_resetstat()
+    _ok(_post(service, a, f"{stream_id}-2"))
+    calls = _command_calls(client)
+    assert calls["smembers"] == 1 and calls["srem"] == 1, calls
+    assert client.smembers(f"lstm:{{{a}}}:streams") == {
+        f"lstm:{{{a}/elnino:{stream_id}-2}}:state".encode()
+    }
+    # At the limit with every stream alive, a refusal reads the set at most once per interval.
+    client.config_resetstat()
+    for _ in range(3):
+        _quota_refusal(_post(service, a, f"{stream_id}-3"), 1)
+    calls = _command_calls(client)
+    assert calls.get("smembers", 0) == 0 and calls["eval"] == 3, calls
+
+
+def test_the_state_store_counts_each_tenant_in_one_round_trip(redis_server: RedisServer) -> None:
+    store = StateStore(redis_server.url, "count", Metrics(), 2)
+    a, b = _tenant(), _tenant()
+    keys = [store.state_key(a, MODEL, f"s{k}") for k in range(4)]
+    other = store.state_key(b, MODEL, "s0")
+
+    async def scenario() -> None:
+        try:
+            refused = await store.admit_streams({a: (2, keys[:3]), b: (1, [other])})
+            assert refused == {keys[2]}
+            # A member asks again (a new generation of a live stream): admitted, not counted.
+            assert await store.admit_streams({a: (2, [keys[0], keys[3]])}) == {keys[3]}
+            await store.release_streams({a: [keys[0]]})
+            assert await store.admit_streams({a: (2, [keys[3]])}) == set()
+            # Neither of a's members has a record: a repair drops both.
+            assert await store.prune_streams(a) == 2
+            assert await store.prune_streams(b) == 1
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+# -- a Redis Cluster -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_on_a_cluster_tenants_stay_apart_and_their_counts_hold(tmp_path: Any) -> None:
+    cluster = RedisClusterServers(tmp_path / "cluster").start()
+    a = _tenant()
+    service = InProcessService(Settings(redis_url=cluster.url), {a: 2}).start()
+    client = cluster.client()
+    try:
+        streams = [f"c-{k}" for k in range(6)]
+        for stream in streams:
+            _ok(_post(service, None, stream))
+        gen = {s: _ok(_post(service, a, s))["generation"] for s in streams[:2]}
+        assert all(client.exists(f"lstm:{{elnino:{s}}}:state") for s in streams)
+        assert client.exists(*(f"lstm:{{{a}/elnino:{s}}}:state" for s in streams)) == 2
+        members = {f"lstm:{{{a}/elnino:{s}}}:state".encode() for s in streams[:2]}
+        assert client.smembers(f"lstm:{{{a}}}:streams") == members
+        # A record gone without notice: the repair at the limit checks every member on its
+        # node (the set lives in a slot of its own).
+        client.delete(f"lstm:{{{a}/elnino:{streams[1]}}}:state")
+        _ok(_post(service, a, streams[2]))
+        _quota_refusal(_post(service, a, streams[3]), 2)
+        # A DELETE removes the record and the member, on their nodes, in one pipeline.
+        assert _delete(service, a, streams[0]).status == 204
+        _ok(_post(service, a, streams[3]))
+        _quota_refusal(_post(service, a, streams[4]), 2)
+        # Discovery on every node finds only the tenant's streams.
+        with SseStream(f"{service.url}/v1/events?prefix=c-", headers=as_tenant(a)) as multi:
+            first = multi.next()
+            assert first is not None and first.kind == "streams"
+            assert sorted(first.json()["streams"]) == streams[:4]  # logs outlive their records
+        with SseStream(
+            f"{service.url}/v1/streams/{streams[1]}/events?from=start", headers=as_tenant(a)
+        ) as log:
+            assert log.next().id == f"{gen[streams[1]]}-1"  # type: ignore[union-attr]
+    finally:
+        service.stop()
+        cluster.stop()

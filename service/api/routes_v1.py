@@ -197,10 +197,7 @@ async def get_stream(request: web.Request) -> web.Response:
 async def delete_stream(request: web.Request) -> web.Response:
     model = model_for(request)
     stream = check_stream_id(request.match_info["stream"])
-    store = request.app[STORE]
-    key = store.state_key(tenant_of(request), model.name, stream)
-    request.app[BATCHER].forget(key)  # a write from the cache would fail its guard anyway
-    if not await store.delete(key):
+    if not await request.app[BATCHER].end_stream(tenant_of(request), model.name, stream):
         raise StreamNotFound(_no_stream(model, stream))
     return web.Response(status=204)
 

@@ -11,6 +11,7 @@
     ├── StaleSeq                      409     stale_seq (+ current_seq)
     ├── ModelVersionMismatch          409     model_version_mismatch
     ├── PayloadTooLarge               413     payload_too_large
+    ├── QuotaExceeded                 429     quota_exceeded (+ max_streams)
     ├── RedisUnavailable              503     redis_unavailable (+ Retry-After)
     └── Overloaded                    503     overloaded (+ Retry-After)
 
@@ -30,6 +31,7 @@ __all__ = [
     "ModelVersionMismatch",
     "Overloaded",
     "PayloadTooLarge",
+    "QuotaExceeded",
     "RedisUnavailable",
     "ServiceError",
     "StaleSeq",
@@ -84,6 +86,16 @@ class ModelVersionMismatch(ServiceError):
 
 class PayloadTooLarge(ServiceError):
     status, code = 413, "payload_too_large"
+
+
+class QuotaExceeded(ServiceError):
+    """A stream could not start: its tenant has as many live streams as its limit allows.
+    Not retryable after a delay: a stream of the tenant has to end or expire first."""
+
+    status, code = 429, "quota_exceeded"
+
+    def __init__(self, message: str, max_streams: int) -> None:
+        super().__init__(message, max_streams=max_streams)
 
 
 class RedisUnavailable(ServiceError):

@@ -1,9 +1,10 @@
 """``create_app(settings)``: routes, the error middleware and every resource's lifetime.
 
-Resources open in ``cleanup_ctx`` in dependency order (Redis, the expiry watcher, the event hub,
-the batcher) and close in reverse: on shutdown event subscriptions end first (each told why), the
-batcher stops admitting and answers everything it admitted, and only then is Redis closed (and a
-private redis-server stopped).
+Resources open in ``cleanup_ctx`` in dependency order (Redis, the event hub, the batcher, the
+expiry watcher, which hands expired streams to the batcher) and close in reverse: on shutdown the
+expiry watcher stops and event subscriptions end first (each told why), the batcher stops
+admitting and answers everything it admitted, and only then is Redis closed (and a private
+redis-server stopped).
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ async def expiry_ctx(app: web.Application) -> AsyncIterator[None]:
         store.parse_state_key,
         app[METRICS],
         settings.redis_timeout_s,
+        on_expired=app[BATCHER].streams_expired,
     )
     task = asyncio.create_task(watcher.run(), name="expiry-watcher")
     try:
@@ -240,10 +242,10 @@ def create_app(
         app[METRICS].model_stats.register(model.name)
         app[METRICS].streams_expired.labels(model.name)
     app.cleanup_ctx.append(redis_ctx)
-    if watch_expiry and settings.state_ttl_s > 0:
-        app.cleanup_ctx.append(expiry_ctx)
     app.cleanup_ctx.append(hub_ctx)
     app.cleanup_ctx.append(batcher_ctx)
+    if watch_expiry and settings.state_ttl_s > 0:
+        app.cleanup_ctx.append(expiry_ctx)
     app.on_shutdown.append(end_subscriptions)
     add_cors(app, settings.cors_origins)
     app.router.add_get("/healthz", healthz)

@@ -6,8 +6,9 @@ from Redis itself: with ``notify-keyspace-events`` holding ``K`` (keyspace chann
 key. Pattern subscriptions per served model (the patterns come from the state store, which owns
 the key layout: one for the default tenant's keys, one for every other tenant's) filter on the
 server, so another deployment's keys in a shared Redis cost nothing. Each expired key is mapped to
-its stream (tenant, model, stream) and counts into ``lstm_streams_expired_total{model}`` (every
-tenant's streams alike: tenants are no metric label).
+its stream (tenant, model, stream): it counts into ``lstm_streams_expired_total{model}`` (every
+tenant's streams alike), and the streams are handed to ``on_expired`` (the batcher, which takes
+them out of their tenants' counts of live streams), the messages waiting at once together.
 
 Limits, said in the metric's help and the README too:
 
@@ -15,7 +16,9 @@ Limits, said in the metric's help and the README too:
   count once per worker. Replicas on several hosts each count every expiry: aggregate with max.
 - On a Redis Cluster every primary publishes only its own keys' events, so each primary known at
   start-up is watched (a primary added later is not).
-- Pub/sub does not queue: expiries while the watcher is disconnected are not counted.
+- Pub/sub does not queue: expiries while the watcher is disconnected are not counted (nor taken
+  out of a tenant's count of live streams: the count repairs itself at its limit, see
+  ``state_store.QUOTA_SCRIPT``).
 - When ``notify-keyspace-events`` lacks the flags, the watcher sets them with ``CONFIG SET`` (on a
   shared server that is a change for everyone, and a restarted server forgets it, so it is redone
   on every reconnection). Where ``CONFIG`` is refused (managed services often rename it), it
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,6 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from ..core.errors import ServiceError
 from ..core.metrics import Metrics
 from .state_store import StreamId
 
@@ -44,6 +48,9 @@ log = logging.getLogger(__name__)
 
 _SETTING = "notify-keyspace-events"
 _BACKOFF_MAX_S = 30.0
+# Expiries handled together at most: those waiting when one arrives (a burst of streams that
+# went idle together costs one call of on_expired per this many, not one each).
+_EXPIRIES_PER_CALL = 512
 
 
 def with_expired_flags(flags: str) -> str:
@@ -64,10 +71,12 @@ def _node_url(url: str, host: str, port: int) -> str:
 
 
 class ExpiryWatcher:
-    """Counts expiries of state keys into ``lstm_streams_expired_total{model}``.
+    """Counts expiries of state keys into ``lstm_streams_expired_total{model}`` and hands the
+    expired streams to ``on_expired``.
 
     ``key_globs`` match the state keys to watch (the served models'); ``parse_key`` maps a state
-    key to its stream.
+    key to its stream. A failure of ``on_expired`` (Redis did not answer) is logged and the
+    watching goes on.
     """
 
     def __init__(
@@ -77,10 +86,12 @@ class ExpiryWatcher:
         parse_key: Callable[[str], StreamId | None],
         metrics: Metrics,
         timeout_s: float,
+        on_expired: Callable[[Sequence[StreamId]], Awaitable[None]] | None = None,
     ) -> None:
         self._url = url
         self._globs = list(key_globs)
         self._parse_key = parse_key
+        self._on_expired = on_expired
         self._metrics = metrics
         self._timeout_s = timeout_s
         self._warned_config = False
@@ -148,11 +159,16 @@ class ExpiryWatcher:
                 delay = 1.0
                 while True:
                     message = await pubsub.get_message(timeout=10.0)
-                    stream = (
-                        None if message is None else self._expired_stream(message, channel_head)
-                    )
-                    if stream is not None:
-                        self._metrics.streams_expired.labels(stream.model).inc()
+                    expired: list[StreamId] = []
+                    while message is not None:
+                        stream = self._expired_stream(message, channel_head)
+                        if stream is not None:
+                            expired.append(stream)
+                        if len(expired) >= _EXPIRIES_PER_CALL:
+                            break
+                        message = await pubsub.get_message(timeout=0.0)  # those waiting
+                    if expired:
+                        await self._expired(expired)
             except (RedisError, OSError) as exc:
                 log.debug("expiry watcher: Redis did not answer (%s)", type(exc).__name__)
             finally:
@@ -170,6 +186,20 @@ class ExpiryWatcher:
         if not channel.startswith(channel_head):
             return None
         return self._parse_key(channel[len(channel_head) :])
+
+    async def _expired(self, streams: list[StreamId]) -> None:
+        for stream in streams:
+            self._metrics.streams_expired.labels(stream.model).inc()
+        if self._on_expired is None:
+            return
+        try:
+            await self._on_expired(streams)
+        except ServiceError as exc:
+            log.warning(
+                "%d expired streams stay counted against their tenants' limits: %s",
+                len(streams),
+                exc,
+            )
 
     async def _enable_notifications(self, client: Redis) -> None:
         try:

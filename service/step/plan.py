@@ -122,6 +122,7 @@ class StreamPlan:
     steps: list[Reading] = field(default_factory=list)  # readings to run, seq assigned
     outcomes: list[Outcome] = field(default_factory=list)
     last_applied: Applied | None = None  # the unit whose results the record will hold
+    starts: bool = False  # the stream starts a new generation (its tenant's max_streams counts it)
     ends: bool = False  # the last applied unit ends the stream: the record keeps no state
     # Units of this stream left for the next batch: everything after a unit that ends the stream,
     # and a unit that starts a new generation after steps of the current one (one record write
@@ -159,6 +160,7 @@ def plan_stream(
     live = state is not None and state.h is not None and not state.ended
     if state is None:
         plan = StreamPlan(model, stream, key, units, b"", new_generation(), zeros, zeros)
+        plan.starts = True
         last, held = 0, {}
     elif not live or (head.start and not _repeats([r.seq for r in head.readings], state)):
         mismatch = not live and not state.ended  # a record of another model version
@@ -171,6 +173,7 @@ def plan_stream(
         ended = state if state.ended else None
         generation = max(new_generation(), state.generation + 1)
         plan = StreamPlan(model, stream, key, units, state.guard, generation, zeros, zeros)
+        plan.starts = True
         last, held = 0, {}
     else:
         # A live stream; a first unit with ``start`` that repeats its last request is a retry.
