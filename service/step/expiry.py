@@ -200,6 +200,8 @@ class ExpiryWatcher:
                 len(streams),
                 exc,
             )
+        except Exception:  # a bug: the watching goes on
+            log.exception("could not hand on %d expired streams", len(streams))
 
     async def _enable_notifications(self, client: Redis) -> None:
         try:
