@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import subprocess
 import sys
@@ -12,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import elnino_sst
 from model_runner import ExportedModel
 from test_export_cli import assert_refused, run_cli
 
@@ -74,14 +73,8 @@ def test_the_demo_export_takes_a_mapping_of_its_own(
     assert "no feature 'sst'; its features are sst_c" in line
 
 
-def elnino_series() -> np.ndarray:
-    text = (resources.files("statsmodels.datasets.elnino") / "elnino.csv").read_text()
-    rows = list(csv.reader(io.StringIO(text)))[1:]
-    return np.array([float(v) for row in rows for v in row[1:]])
-
-
 def test_demo_beats_persistence_on_held_out_years() -> None:
-    temps = elnino_series()
+    temps = elnino_sst()
     model = ExportedModel(DEMO_MODEL)
     pred = model.stream(temps[:-1, None, None])[
         :, 0, 0
