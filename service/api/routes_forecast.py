@@ -39,6 +39,7 @@ from ..step.forecast import (
     InvalidCovariatesError,
     check_forecast_supported,
     covariate_matrix,
+    forecast,
 )
 from ..step.forecast_runner import ForecastRunner
 from ..step.model import ServedModel
@@ -133,10 +134,18 @@ async def _run(
     request: web.Request, model: ServedModel, asks: Sequence[_Ask]
 ) -> list[dict[str, Any] | ServiceError]:
     """Every ask's answer (or its own error), in order: one Redis round trip for every record,
-    then one forecast over every stream that has a usable state."""
+    then, in the forecast lane, one forecast over every stream that has a usable state."""
     store = request.app[STORE]
     tenant = tenant_of(request)
     raws = await store.load_many([store.state_key(tenant, model.name, a.stream) for a in asks])
+    steps = sum(a.steps for a in asks)
+    return await request.app[FORECASTS].run(steps, lambda: _answers(model, asks, raws))
+
+
+def _answers(
+    model: ServedModel, asks: Sequence[_Ask], raws: Sequence[bytes | None]
+) -> list[dict[str, Any] | ServiceError]:
+    """Decode the records, forecast every stream with a usable state at once, and answer."""
     answers: list[dict[str, Any] | ServiceError] = []
     rows: list[int] = []
     h, c, last = [], [], []
@@ -165,7 +174,7 @@ async def _run(
     if not rows:
         return answers
     what_ifs = [asks[b].readings for b in rows]
-    result = await request.app[FORECASTS].run(
+    result = forecast(
         model,
         np.stack(h, axis=1),
         np.stack(c, axis=1),

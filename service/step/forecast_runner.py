@@ -1,10 +1,11 @@
 """Where forecasts run: their own bounded lane, beside the step batcher and never in its queue.
 
-A forecast request becomes one :class:`~.forecast.ForecastBatch` (every stream of the request
-shares each model call: one per horizon step). Its model calls run in a worker thread, one
-request's forecast at a time, so that a long horizon over many streams never holds the event
-loop, and so never delays the batcher's step answers (onnxruntime releases the GIL while it
-computes). Admission is bounded in stream-steps (streams × (horizon + what-if readings)): the
+A forecast request becomes one :func:`~.forecast.forecast` over all its streams (they share
+each model call: one per horizon step). It runs in a worker thread, one request's forecast at a
+time, with the decoding of its states and the building of its answer, so that a long horizon over
+many streams never holds the event loop for long, and so never delays the batcher's step answers
+for long (onnxruntime releases the GIL while it computes; the Python parts yield it every switch
+interval). Admission is bounded in stream-steps (streams × (horizon + what-if readings)): the
 forecasts waiting or running may hold at most ``--queue-max-readings`` of them; beyond,
 ``Overloaded`` (503).
 """
@@ -12,15 +13,14 @@ forecasts waiting or running may hold at most ``--queue-max-readings`` of them; 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-
-import numpy as np
+from collections.abc import Callable
+from typing import TypeVar
 
 from ..core.errors import Overloaded
-from .forecast import Forecasts, forecast
-from .model import ServedModel
 
 __all__ = ["ForecastRunner"]
+
+T = TypeVar("T")
 
 
 class ForecastRunner:
@@ -40,23 +40,13 @@ class ForecastRunner:
                 f"{self.max_pending_steps}); retry shortly"
             )
 
-    async def run(
-        self,
-        model: ServedModel,
-        h0: np.ndarray,
-        c0: np.ndarray,
-        last_prediction: np.ndarray,
-        readings: Sequence[np.ndarray | None],
-        covariates: Sequence[np.ndarray],
-    ) -> Forecasts:
-        """:func:`~.forecast.forecast` of these rows, in the forecast lane."""
-        steps = sum(len(c) for c in covariates) + sum(0 if r is None else len(r) for r in readings)
+    async def run(self, steps: int, job: Callable[[], T]) -> T:
+        """``job()`` (a forecast of ``steps`` stream-steps: decoding its states, the model calls,
+        building its answer) in the forecast lane's worker thread; its result."""
         self.check_room(steps)
         self.pending_steps += steps
         try:
             async with self._lane:
-                return await asyncio.to_thread(
-                    forecast, model, h0, c0, last_prediction, readings, covariates
-                )
+                return await asyncio.to_thread(job)
         finally:
             self.pending_steps -= steps
