@@ -20,7 +20,10 @@ from conftest import DEMO_MODEL_DIR, month_features, sea_temperatures
 from inprocess_service import InProcessService
 from service_harness import RedisServer, call, metric, scrape_metrics
 
+from service.api import routes_forecast
 from service.core.settings import Settings
+from service.step.forecast import Forecasts
+from service.step.forecast import forecast as core_forecast
 
 MONTHS_MODEL = Path(__file__).resolve().parent / "data" / "elnino-months" / "model"
 MAX_HORIZON = 64
@@ -343,3 +346,27 @@ def test_forecasts_are_counted_as_forecasts_not_readings(
     assert delta("lstm_forecast_horizon_steps_bucket", le="12.0") == 1
     assert delta("lstm_forecast_horizon_steps_bucket", le="8.0") == 0
     assert delta("lstm_readings_total", outcome="applied") == 0
+
+
+def test_the_streams_of_a_request_share_each_model_call(
+    served: InProcessService, stream_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One call for every stream's what-if readings, then one per horizon step, whatever the
+    number of streams."""
+    calls: list[int] = []
+
+    def counted(*args: Any) -> Forecasts:
+        result = core_forecast(*args)
+        calls.append(result.calls)
+        return result
+
+    monkeypatch.setattr(routes_forecast, "forecast", counted)
+    for k in range(0, 40, 2):
+        post(served, f"{stream_id}-{k}", readings(sea_temperatures(3, seed=k)))
+    items: list[dict[str, Any]] = [{"stream": f"{stream_id}-{k}"} for k in range(40)]
+    items[7]["readings"] = [{"values": [20.0]}, {"values": [21.0]}]
+    items[8]["readings"] = [{"values": [22.0]}]
+    answer = call("POST", f"{served.url}/v1/forecast", {"horizon": 5, "items": items})
+    assert answer.status == 200, answer.body
+    assert all(len(f["forecast"]) == 5 for f in answer.body["forecasts"])
+    assert calls == [1 + 5]
