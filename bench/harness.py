@@ -135,12 +135,15 @@ class RedisProcess:
 
 
 @contextlib.contextmanager
-def redis_server(work: Path) -> Iterator[RedisProcess]:
-    """A redis-server of its own, no persistence, in ``work``."""
+def redis_server(
+    work: Path, binary: str = "redis-server", extra: Sequence[str] = ()
+) -> Iterator[RedisProcess]:
+    """A redis-server (or ``binary``, another Redis-compatible server) of its own, no
+    persistence unless ``extra`` says otherwise, in ``work``."""
     port = free_port()
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(work),
-         "--save", "", "--appendonly", "no", "--logfile", "redis.log"],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(work),
+         "--save", "", "--appendonly", "no", "--logfile", f"redis-{port}.log", *extra],
     )  # fmt: skip
     server = RedisProcess(port, process)
     try:

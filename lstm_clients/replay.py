@@ -9,7 +9,10 @@ that pace. 503s are retried after their Retry-After, connection errors with back
 with the same seqs. Predictions go to stdout or ``--out`` as CSV: ``seq``, ``ts`` (when the input
 has one) and one column per model output. When a run resumes, the predictions of rows applied by
 an earlier run but missing from ``--out`` (a run killed between a request and its write) are taken
-from the stream's event log, so ``--out`` ends with every row once.
+from the stream's event log, so ``--out`` ends with every row once. When the stream holds fewer
+rows than ``--out`` (its state rolled back, say by a Redis failover, or it expired), or a request
+is answered ``409 seq_gap`` (a service that refuses gaps saw the rollback), the rows after the
+stream's last applied seq leave ``--out`` and are sent again.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -160,11 +162,6 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _chunks(seqs: list[int], size: int) -> Iterator[list[int]]:
-    for k in range(0, len(seqs), size):
-        yield seqs[k : k + size]
-
-
 async def replay(args: argparse.Namespace) -> int:
     names, readings, has_ts = _read_rows(args.file, args.columns)
     if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
@@ -197,18 +194,45 @@ async def replay(args: argparse.Namespace) -> int:
             writer = csv.writer(out)
             if args.out is not None and written < applied:  # applied by a killed run, unwritten
                 await _recover(client, args.stream, state, (written, applied), readings, writer)
+            elif args.out is not None and written > applied:  # rows the stream no longer holds
+                _note(
+                    f"the stream's last applied seq is {applied}, and {args.out} holds rows up to "
+                    f"{written}: its state rolled back or expired; sending rows from "
+                    f"{applied + 1} again"
+                )
+                out = _cut(out, args.out, applied)
+                writer = csv.writer(out)
             progress = _Progress(len(readings), applied)
-            pending = list(range(applied + 1, len(readings) + 1))
             size = 1 if args.rate else min(args.batch, 2000)
             started = time.monotonic()
-            for k, seqs in enumerate(_chunks(pending, size)):
+            sent = 0  # requests, for --rate's pace
+            first = applied + 1
+            while first <= len(readings):
+                seqs = list(range(first, min(first + size, len(readings) + 1)))
                 if args.rate:
-                    await asyncio.sleep(max(0.0, started + k / args.rate - time.monotonic()))
+                    await asyncio.sleep(max(0.0, started + sent / args.rate - time.monotonic()))
+                sent += 1
                 body = {"readings": [{**readings[s - 1], "seq": s} for s in seqs]}
                 status, answer = await client.request("POST", stream_url + "/readings", body)
-                if status == 409 and answer["error"]["code"] == "stale_seq":
+                code = answer["error"]["code"] if status == 409 else None
+                if code == "stale_seq":
                     # Applied by someone else meanwhile (another replay of this file): skip on.
                     _note(f"seqs up to {answer['error']['current_seq']} were applied already")
+                    first = seqs[-1] + 1
+                    continue
+                if code == "seq_gap":
+                    # The stream is behind what it acknowledged: its state rolled back (a
+                    # failover lost steps, or it expired). Rows after its last seq go again.
+                    current = int(answer["error"]["current_seq"])
+                    _note(
+                        f"the stream's last applied seq is {current}, below the rows sent: its "
+                        f"state rolled back; sending rows from {current + 1} again"
+                    )
+                    if args.out is not None:
+                        out = _cut(out, args.out, current)
+                        writer = csv.writer(out)
+                    progress.advance(current - progress.done)
+                    first = current + 1
                     continue
                 if status != 200:
                     raise ReplayError(f"{status}: {answer['error']['message']}")
@@ -218,6 +242,7 @@ async def replay(args: argparse.Namespace) -> int:
                     writer.writerow([seq, *ts, *result["prediction"]])
                 out.flush()
                 progress.advance(len(seqs))
+                first = seqs[-1] + 1
             progress.advance(0, force=True)
             print(file=sys.stderr)
         finally:
@@ -249,6 +274,20 @@ def _open_out(path: Path | None, header: list[str]) -> tuple[TextIO, int]:
     handle = path.open("w", newline="")
     csv.writer(handle).writerow(header)
     return handle, 0
+
+
+def _cut(out: TextIO, path: Path, last: int) -> TextIO:
+    """Keep only the rows of ``path`` up to seq ``last`` (replacing the file in one rename);
+    the handle to append to from there."""
+    out.close()
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= last]
+    scratch = path.with_name(path.name + ".part")
+    with scratch.open("w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+    scratch.replace(path)
+    return path.open("a", newline="")
 
 
 async def _recover(

@@ -44,8 +44,10 @@ class RedisServer:
         password: str | None = None,
         tls: dict[str, Path] | None = None,
         extra_args: list[str] | None = None,
+        binary: str = "redis-server",
     ) -> None:
         self.directory = directory
+        self.binary = binary  # redis-server, or another Redis-compatible server (valkey-server)
         self.password = password
         self.extra_args = extra_args or []
         self.tls = tls  # {"cert", "key", "ca"}: serve TLS only, on the port
@@ -71,7 +73,7 @@ class RedisServer:
                 "--tls-ca-cert-file", str(self.tls["ca"]),
             ]  # fmt: skip
         args = [
-            "redis-server",
+            self.binary,
             *port_args,
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
@@ -114,7 +116,7 @@ class RedisServer:
 class RedisClusterServers:
     """A three-node Redis Cluster (no replicas) made with ``redis-cli --cluster create``."""
 
-    def __init__(self, directory: Path, nodes: int = 3) -> None:
+    def __init__(self, directory: Path, nodes: int = 3, binary: str = "redis-server") -> None:
         cluster_args = [
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", "2000",
@@ -124,6 +126,7 @@ class RedisClusterServers:
             RedisServer(
                 directory / f"node-{k}",
                 extra_args=[*cluster_args, "--cluster-port", str(free_port())],
+                binary=binary,
             )
             for k in range(nodes)
         ]

@@ -111,7 +111,10 @@ async def post_readings(request: web.Request) -> web.Response:
     stream = check_stream_id(request.match_info["stream"])
     request.app[BATCHER].check_room()
     data = await _body(request)
-    readings = parse_stream_readings(data, model, request.app[SETTINGS].request_max_readings)
+    settings = request.app[SETTINGS]
+    readings = parse_stream_readings(
+        data, model, settings.request_max_readings, settings.seq_gaps == "refuse"
+    )
     charge_readings(request, len(readings))
     future: asyncio.Future[UnitResult] = asyncio.get_running_loop().create_future()
     unit = Unit(model, stream, readings, future, tenant=tenant_of(request))
@@ -138,9 +141,12 @@ async def post_bulk(request: web.Request) -> web.Response:
     tenant = tenant_of(request)
     slots: list[Unit | ServiceError] = []
     total = 0
+    consecutive = settings.seq_gaps == "refuse"
     for index, item in enumerate(items):
         try:
-            stream, readings = parse_bulk_item(item, index, model, settings.request_max_readings)
+            stream, readings = parse_bulk_item(
+                item, index, model, settings.request_max_readings, consecutive
+            )
         except ServiceError as exc:
             slots.append(exc)
             continue

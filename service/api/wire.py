@@ -3,7 +3,8 @@
 Bodies are parsed as JSON whatever their Content-Type says. Every rule a reading must obey is
 checked here, before anything is queued, and a violation raises the matching ``ServiceError``:
 ``values`` is a list of exactly ``input_size`` finite numbers; ``seq`` a whole number from 1 to
-2^63-1, given on every reading of a request or on none, strictly increasing; ``ts`` a finite number
+2^63-1, given on every reading of a request or on none, strictly increasing (consecutive, with
+``--seq-gaps refuse``); ``ts`` a finite number
 or a short string; no unknown fields.
 """
 
@@ -135,7 +136,7 @@ def _checked_reading(item: object, where: str, model: ServedModel) -> Reading:
     return Reading(floats, seq, ts)
 
 
-def _check_seqs(readings: list[Reading], where: str) -> None:
+def _check_seqs(readings: list[Reading], where: str, consecutive: bool) -> None:
     if len(readings) == 1:
         return
     given = [r.seq for r in readings if r.seq is not None]
@@ -144,10 +145,20 @@ def _check_seqs(readings: list[Reading], where: str) -> None:
     for a, b in itertools.pairwise(given):
         if b <= a:
             raise InvalidRequest(f"{where}: seqs must increase (got {a} then {b})")
+        if consecutive and b != a + 1:
+            raise InvalidRequest(
+                f"{where}: seqs must be consecutive, as this service refuses gaps (got {a} "
+                f"then {b})"
+            )
 
 
 def _many(
-    data: dict[str, Any], where: str, model: ServedModel, max_readings: int, extra: set[str]
+    data: dict[str, Any],
+    where: str,
+    model: ServedModel,
+    max_readings: int,
+    extra: set[str],
+    consecutive: bool,
 ) -> list[Reading]:
     if "readings" in data:
         unknown = set(data) - {"readings"} - extra
@@ -167,19 +178,20 @@ def _many(
     else:
         reading_only = {k: v for k, v in data.items() if k not in extra}
         readings = [_reading(reading_only, where, model)]
-    _check_seqs(readings, where)
+    _check_seqs(readings, where, consecutive)
     return readings
 
 
 def parse_stream_readings(
-    data: dict[str, Any], model: ServedModel, max_readings: int
+    data: dict[str, Any], model: ServedModel, max_readings: int, consecutive: bool = False
 ) -> list[Reading]:
-    """``{"values", "seq"?, "ts"?}`` or ``{"readings": [...]}`` for one stream."""
-    return _many(data, "body", model, max_readings, set())
+    """``{"values", "seq"?, "ts"?}`` or ``{"readings": [...]}`` for one stream; ``consecutive``:
+    given seqs must follow one another (``--seq-gaps refuse``)."""
+    return _many(data, "body", model, max_readings, set(), consecutive)
 
 
 def parse_bulk_item(
-    item: object, index: int, model: ServedModel, max_readings: int
+    item: object, index: int, model: ServedModel, max_readings: int, consecutive: bool = False
 ) -> tuple[str, list[Reading]]:
     """One item of a bulk request: ``{"stream", "values", ...}`` or ``{"stream", "readings"}``."""
     where = f"readings[{index}]"
@@ -189,7 +201,7 @@ def parse_bulk_item(
     if not isinstance(stream, str):
         raise InvalidStreamId(f"{where}.stream must be a string stream id")
     check_stream_id(stream)
-    return stream, _many(item, where, model, max_readings, {"stream"})
+    return stream, _many(item, where, model, max_readings, {"stream"}, consecutive)
 
 
 def parse_what_if_readings(items: object, where: str, model: ServedModel) -> list[Reading]:

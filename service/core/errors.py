@@ -12,11 +12,14 @@
     ├── ModelNotFound                 404     model_not_found
     ├── StreamNotFound                404     stream_not_found
     ├── StaleSeq                      409     stale_seq (+ current_seq)
+    ├── SeqGap                        409     seq_gap (+ current_seq)
     ├── ModelVersionMismatch          409     model_version_mismatch
     ├── PayloadTooLarge               413     payload_too_large
     ├── QuotaExceeded                 429     quota_exceeded (+ Retry-After, or max_streams)
     ├── RedisUnavailable              503     redis_unavailable (+ Retry-After)
-    └── Overloaded                    503     overloaded (+ Retry-After)
+    ├── Overloaded                    503     overloaded (+ Retry-After)
+    ├── NotReplicated                 503     not_replicated (+ Retry-After)
+    └── NotPersisted                  503     not_persisted (+ Retry-After)
 
 Handlers raise these; the middleware in ``app.py`` turns them into ``{"error": {...}}``, with the
 headers ``headers()`` names.
@@ -35,10 +38,13 @@ __all__ = [
     "InvalidValues",
     "ModelNotFound",
     "ModelVersionMismatch",
+    "NotPersisted",
+    "NotReplicated",
     "Overloaded",
     "PayloadTooLarge",
     "QuotaExceeded",
     "RedisUnavailable",
+    "SeqGap",
     "ServiceError",
     "StaleSeq",
     "StreamNotFound",
@@ -118,6 +124,16 @@ class StaleSeq(ServiceError):
         super().__init__(message, current_seq=current_seq)
 
 
+class SeqGap(ServiceError):
+    """A seq above the last applied one + 1, with ``--seq-gaps refuse``: the client learns that the
+    stream is at ``current_seq`` (its state rolled back, or a reading went missing)."""
+
+    status, code = 409, "seq_gap"
+
+    def __init__(self, message: str, current_seq: int) -> None:
+        super().__init__(message, current_seq=current_seq)
+
+
 class ModelVersionMismatch(ServiceError):
     status, code = 409, "model_version_mismatch"
 
@@ -155,3 +171,19 @@ class RedisUnavailable(ServiceError):
 
 class Overloaded(ServiceError):
     status, code, retryable = 503, "overloaded", True
+
+
+class NotReplicated(ServiceError):
+    """With ``--durability replicas:N``: Redis applied the write, but fewer than N replicas
+    confirmed it in time. It may survive a failover or not, so the client retries with the same
+    seq: answered as a duplicate once it is confirmed, applied afresh if it was lost."""
+
+    status, code, retryable = 503, "not_replicated", True
+
+
+class NotPersisted(ServiceError):
+    """With ``--durability aof``: Redis applied the write, but did not confirm it in its
+    append-only file on disk in time (or refused to wait, its append-only file being off). A
+    retry with the same seq is safe, as with ``NotReplicated``."""
+
+    status, code, retryable = 503, "not_persisted", True

@@ -52,7 +52,7 @@ LATENCY_BUCKETS_S = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
-READING_OUTCOMES = ("applied", "duplicate", "stale", "rejected", "failed")
+READING_OUTCOMES = ("applied", "duplicate", "stale", "gap", "rejected", "failed")
 FORECAST_OUTCOMES = ("answered", "rejected", "failed")
 HORIZON_BUCKETS = (0, 1, 2, 4, 8, 12, 16, 24, 32, 64, 128, 256, 512, 1024)
 SUBSCRIBER_TRANSPORTS = ("sse", "ws")
@@ -70,6 +70,7 @@ REDIS_OPERATIONS = (
     "scan",
     "quota",
     "subscribe",
+    "announce",
 )
 
 
@@ -103,10 +104,11 @@ class Metrics:
         self.readings = Counter(
             "lstm_readings_total",
             "Queued readings by outcome: applied, duplicate (a retry answered from stored "
-            "results), stale (409 stale_seq), rejected (409 model_version_mismatch, 429 "
-            "quota_exceeded), failed (503: Redis or contention). Requests refused before "
-            "queueing (400, 404, 413, 503 overloaded) count in "
-            "lstm_http_request_duration_seconds by status.",
+            "results), stale (409 stale_seq), gap (409 seq_gap), rejected (409 "
+            "model_version_mismatch, 429 quota_exceeded), failed (503: Redis, contention, or a "
+            "write not acknowledged at the --durability level). Requests refused before queueing "
+            "(400, 404, 413, 503 overloaded) count in lstm_http_request_duration_seconds by "
+            "status.",
             ["outcome"],
             registry=r,
         )

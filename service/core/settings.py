@@ -16,11 +16,13 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
+    "MEMORY",
     "OPTIONS",
+    "Durability",
     "Option",
     "Settings",
     "SettingsError",
@@ -127,6 +129,36 @@ def _origins(text: str) -> tuple[str, ...]:
     return origins
 
 
+class Durability(NamedTuple):
+    """What a batch waits for before its answers (``--durability``): ``memory`` (Redis applied
+    it), ``aof`` (in Redis's append-only file on disk) or ``replicas`` (that many replicas have
+    it)."""
+
+    level: str = "memory"
+    replicas: int = 0
+
+    def __str__(self) -> str:
+        return f"replicas:{self.replicas}" if self.level == "replicas" else self.level
+
+
+MEMORY = Durability()
+
+
+def _durability(text: str) -> Durability:
+    value = text.strip().lower()
+    if value in ("memory", "aof"):
+        return Durability(value)
+    kind, sep, count = value.partition(":")
+    if kind == "replicas" and sep:
+        try:
+            replicas = int(count)
+        except ValueError:
+            replicas = 0
+        if replicas >= 1:
+            return Durability("replicas", replicas)
+    raise ValueError("must be memory, aof or replicas:N with N a whole number of at least 1")
+
+
 def _text(text: str) -> str:
     return text
 
@@ -218,6 +250,38 @@ OPTIONS: tuple[Option, ...] = (
         _positive_seconds,
         "seconds to wait for Redis before answering 503 redis_unavailable",
         "SECONDS",
+    ),
+    Option(
+        "durability",
+        "--durability",
+        "LSTM_DURABILITY",
+        "memory",
+        _durability,
+        "what a reading's answer waits for (see Durability): memory (Redis applied it), aof (it "
+        "is in Redis's append-only file on disk: Redis or Valkey 7.2 or newer with appendonly "
+        "yes) or replicas:N (N replicas have it); checked once per batch",
+        "LEVEL",
+    ),
+    Option(
+        "durability_timeout_ms",
+        "--durability-timeout-ms",
+        "LSTM_DURABILITY_TIMEOUT_MS",
+        "1000",
+        _positive_int,
+        "milliseconds a batch waits for its --durability confirmation before its readings are "
+        "answered 503 (not_replicated or not_persisted); below --redis-timeout-s",
+        "MS",
+    ),
+    Option(
+        "seq_gaps",
+        "--seq-gaps",
+        "LSTM_SEQ_GAPS",
+        "allow",
+        _choice("allow", "refuse"),
+        "allow: a client seq need only be above the last applied one; refuse: it must be the "
+        "next one (409 seq_gap with current_seq otherwise), so that a client learns when a "
+        "stream's state rolled back",
+        "MODE",
     ),
     Option(
         "state_ttl_s",
@@ -480,6 +544,9 @@ class Settings:
     redis_dir: Path | None = None
     redis_server: Path | None = None
     redis_timeout_s: float = 2.0
+    durability: Durability = MEMORY
+    durability_timeout_ms: int = 1000
+    seq_gaps: str = "allow"
     state_ttl_s: float = 604800.0
     on_version_mismatch: str = "refuse"
     batch_max_readings: int = 1024
@@ -577,6 +644,21 @@ def load_settings(
             f"--request-max-readings ({settings.request_max_readings}) is above "
             f"--queue-max-readings ({settings.queue_max_readings}): such a request could never "
             "be queued"
+        )
+    if settings.durability.level != "memory" and (
+        settings.durability_timeout_ms >= settings.redis_timeout_s * 1000
+    ):
+        raise SettingsError(
+            f"--durability-timeout-ms ({settings.durability_timeout_ms}) must be below "
+            f"--redis-timeout-s ({settings.redis_timeout_s:g} s): a batch waits that long for "
+            "its confirmation on a connection that gives up on Redis after --redis-timeout-s"
+        )
+    private = settings.redis_url is None
+    if settings.durability.level == "aof" and private and settings.redis_dir is None:
+        raise SettingsError(
+            "--durability aof with the private redis-server needs --redis-dir: without it the "
+            "append-only file is in a temporary directory removed on exit, so nothing "
+            "acknowledged would outlive the service"
         )
     if settings.workers > 1 and settings.port == 0:
         raise SettingsError(

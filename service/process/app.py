@@ -152,15 +152,42 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("Redis: %s", embedded.description)
     else:
         log.info("Redis: %s", settings.redis_url_redacted)
-    store = StateStore(url, settings.key_prefix, app[METRICS], settings.redis_timeout_s)
+    store = StateStore(
+        url,
+        settings.key_prefix,
+        app[METRICS],
+        settings.redis_timeout_s,
+        settings.durability,
+        settings.durability_timeout_ms,
+    )
     app[STORE] = store
     app[_REDIS_URL] = url
     try:
+        await _check_durability(store)
         yield
     finally:
         await store.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+async def _check_durability(store: StateStore) -> None:
+    """Refuse to start on a Redis that cannot give ``--durability`` (DurabilityError, one line
+    why); warn when it cannot yet. A Redis that does not answer is not checked here: the service
+    starts as it always does, and each batch's confirmation tells (503 until it confirms)."""
+    try:
+        warning = await store.check_durability()
+    except RedisUnavailable:
+        log.warning(
+            "Redis did not answer at start-up, so whether it can give --durability %s is not "
+            "checked: readings are answered 503 until it confirms them",
+            store.durability,
+        )
+        return
+    if warning is not None:
+        log.warning("%s", warning)
+    elif store.durability.level != "memory":
+        log.info("durability: %s, checked once per batch", store.durability)
 
 
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:

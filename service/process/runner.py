@@ -25,6 +25,7 @@ from ..api.app_keys import MODELS
 from ..core.metrics import Metrics
 from ..core.settings import Settings
 from ..step.model import ModelLoadError
+from ..step.state_store import DurabilityError
 from .app import create_app, reload_on_signal
 from .embedded_redis import EmbeddedRedisError
 
@@ -149,7 +150,7 @@ def run_server(
             on_listening=on_listening,
             parent_pid=parent_pid,
         )
-    except EmbeddedRedisError as exc:
+    except (EmbeddedRedisError, DurabilityError) as exc:
         print(f"lstm-serve: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -22,6 +22,7 @@ for it (the count and its repair: ``state_store.QUOTA_SCRIPT``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -43,7 +44,7 @@ from .model import ServedModel
 from .plan import Applied, Duplicate, StreamPlan, Unit, UnitResult, plan_stream
 from .record import StreamState, encode_record_packed
 from .state_cache import StateCache
-from .state_store import LogPolicy, StateStore, StreamId, Write
+from .state_store import Announcement, Confirm, LogPolicy, StateStore, StreamId, Write
 
 __all__ = ["Batcher", "Output", "no_stream_limit"]
 
@@ -113,6 +114,10 @@ class Batcher:
         self._last_generation = 0
         self._last_batch_readings = 0  # the size of the batch started last (see _may_start)
         self._log_policy = LogPolicy(settings.events_max_len, settings.events_max_age_ms)
+        self._refuse_gaps = settings.seq_gaps == "refuse"
+        # --durability aof or replicas:N: answers wait for Redis's confirmation (state_store.py),
+        # duplicates' too, and events are announced once it came.
+        self._acked = settings.durability.level != "memory"
         cached = settings.state_cache_streams
         self._cache = StateCache(cached) if cached else None
         # lstm_state_cache_total's series, looked up once rather than per batch
@@ -349,8 +354,10 @@ class Batcher:
         columns = [Columns.merged(p) for p in parts.values()]
 
         # A stream with nothing to write (only retries, stale seqs or refusals) is answered from
-        # the state just read; its answer does not wait for the other streams' write.
+        # the state just read; its answer does not wait for the other streams' write, unless it
+        # holds a retry that must be acknowledged at the --durability level first (confirming).
         writing = []
+        confirming: list[StreamPlan] = []
         # Back to the queue's front: streams that lost a race, and units a plan left for the
         # next batch (plan.py), these behind the others of their stream.
         conflicts: list[Unit] = []
@@ -363,11 +370,11 @@ class Batcher:
                 if plan.starts:
                     starting.append(plan)
             else:
-                self._answer(plan, None, counts, tallies)
+                self._answer_unwritten(plan, counts, tallies, confirming)
                 deferred.extend(plan.deferred)
         if starting or any(len(cols.fresh) for cols in columns):
             writing, columns = await self._admit(
-                starting, writing, columns, counts, deferred, tallies
+                starting, writing, columns, counts, deferred, tallies, confirming
             )
         self._count(counts)
         counts.clear()
@@ -382,9 +389,16 @@ class Batcher:
         writes = [self._record(plan, outputs[id(plan)], now, now_ms) for plan in writing]
         for cols, out in zip(columns, column_outputs, strict=True):
             writes += self._column_writes(cols, out, now, now_ms)
+        confirms = [Confirm(plan.key, plan.expected_guard) for plan in confirming]
+        announcements: list[Announcement] = []  # filled when answers wait for a confirmation
         try:
             written = await self.store.commit_many(
-                writes, self.settings.state_ttl_ms, self._log_policy, now_ms
+                writes,
+                self.settings.state_ttl_ms,
+                self._log_policy,
+                now_ms,
+                confirms,
+                announcements,
             )
         except ServiceError as exc:
             if cache is not None:
@@ -393,6 +407,9 @@ class Batcher:
             self._fail([u for p in writing for u in p.units], exc, tallies)
             for cols in columns:
                 self._fail([u for stream in cols.units for u in stream], exc, tallies)
+            for plan in confirming:
+                self._answer(plan, None, counts, tallies, unconfirmed=exc)
+            self._count(counts)
             self._requeue(deferred + [u for p in writing for u in p.deferred], contended=False)
             self._record_stats(tallies, started, (inferring, inferred))
             return
@@ -436,6 +453,13 @@ class Batcher:
             ]
             at += len(cols)
             self._answer_columns(cols, out[0], answered, counts, tallies)
+        for plan, confirmed in zip(confirming, written[at:], strict=True):
+            if confirmed is True:
+                self._answer(plan, None, counts, tallies)
+            elif isinstance(confirmed, ServiceError):
+                self._answer(plan, None, counts, tallies, unconfirmed=confirmed)
+            else:  # the record changed since it was read: plan the stream again
+                conflicts.extend(plan.units)
         if ending:
             await self._release_ended(ending)
             for plan in ending:
@@ -446,6 +470,12 @@ class Batcher:
         self._requeue(deferred, contended=False)
         self._requeue(conflicts)
         self._record_stats(tallies, started, (inferring, inferred))
+        if announcements:
+            # Confirmed: now subscribers may hear of these steps. A lost announcement is not a
+            # lost event: subscribers catch up from the log at the next one (its previous id
+            # says what they missed), or when their pub/sub connection comes back.
+            with contextlib.suppress(ServiceError):
+                await self.store.announce(announcements)
 
     async def _release_ended(self, plans: list[StreamPlan]) -> None:
         """Take streams that ended (v2's sequence_end) out of their tenants' counts of live
@@ -467,10 +497,12 @@ class Batcher:
         counts: Counter[str],
         deferred: list[Unit],
         tallies: dict[str, Tally],
+        confirming: list[StreamPlan],
     ) -> tuple[list[StreamPlan], list[Columns]]:
         """Count the streams that start a generation against their tenant's ``stream_limit``
         (one round trip, only when one of them has a limit) and answer those refused, or those
-        whose count Redis did not take; returns the plans and columns left to run."""
+        whose count Redis did not take (a retry among them once confirmed, ``confirming``);
+        returns the plans and columns left to run."""
         limits: dict[str, int | None] = {}
         asks: dict[str, tuple[int, list[str]]] = {}
         names: dict[str, str] = {}  # state key -> stream id, for the refusals' messages
@@ -527,7 +559,7 @@ class Batcher:
                 self._fail(plan.units, failure, tallies)
             else:
                 _refuse(plan, failure)
-                self._answer(plan, None, counts, tallies)
+                self._answer_unwritten(plan, counts, tallies, confirming)
             deferred.extend(plan.deferred)
         left = []
         for cols in columns:
@@ -627,6 +659,7 @@ class Batcher:
             units,
             [raw for _, raw in entries],
             self._new_generation,
+            self._refuse_gaps,
         )
 
     def _plan(self, key: str, units: list[Unit], raw: bytes | None) -> StreamPlan:
@@ -644,6 +677,7 @@ class Batcher:
             state,
             self.settings.on_version_mismatch,
             self._new_generation,
+            self._refuse_gaps,
         )
 
     def _record_stats(
@@ -870,16 +904,33 @@ class Batcher:
             events,
         )
 
+    def _answer_unwritten(
+        self,
+        plan: StreamPlan,
+        counts: Counter[str],
+        tallies: dict[str, Tally],
+        confirming: list[StreamPlan],
+    ) -> None:
+        """A plan that writes nothing is answered now, unless it holds a retry answered from
+        its stored record that must first be acknowledged at the --durability level: that one
+        joins ``confirming``, for the batch's commit."""
+        if self._acked and any(isinstance(o, Duplicate) for o in plan.outcomes):
+            confirming.append(plan)
+        else:
+            self._answer(plan, None, counts, tallies)
+
     def _answer(
         self,
         plan: StreamPlan,
         y: np.ndarray | None,
         counts: Counter[str],
         tallies: dict[str, Tally],
+        unconfirmed: ServiceError | None = None,
     ) -> None:
         """Resolve every unit of a plan whose write (if any) happened; ``counts`` gathers the
         batch's readings by outcome, for one metric update per batch, and ``tallies`` its
-        requests, for the model's statistics."""
+        requests, for the model's statistics. ``unconfirmed``: the error its retries get, as
+        their records were not acknowledged at the --durability level."""
         failed = 0
         failed_since = answered_since = 0.0  # summed enqueue times, for the statistics
         for unit, outcome in zip(plan.units, plan.outcomes, strict=True):
@@ -890,6 +941,12 @@ class Batcher:
                 counts["applied"] += n
                 results = list(zip(plan.seqs(outcome), rows, strict=True))
                 _resolve(unit, UnitResult(plan.generation, results, False))
+            elif isinstance(outcome, Duplicate) and unconfirmed is not None:
+                counts["failed"] += n
+                _resolve(unit, error=unconfirmed)
+                failed += 1
+                failed_since += unit.enqueued_at
+                continue
             elif isinstance(outcome, Duplicate):
                 results = [(seq, _held_prediction(held, y)) for seq, held in outcome.held]
                 counts["duplicate"] += n
@@ -897,7 +954,7 @@ class Batcher:
                 _resolve(unit, UnitResult(generation, results, True))
             else:
                 assert isinstance(outcome, ServiceError)
-                counts["stale" if outcome.code == "stale_seq" else "rejected"] += n
+                counts[_REFUSALS.get(outcome.code, "rejected")] += n
                 _resolve(unit, error=outcome)
                 failed += 1
                 failed_since += unit.enqueued_at
@@ -947,6 +1004,10 @@ class Batcher:
         self.metrics.queue_readings.set(self._queued_readings)
         if keep:
             self._wakeup.set()
+
+
+# lstm_readings_total's outcome of a refused unit, by its error's code (else "rejected").
+_REFUSALS = {"stale_seq": "stale", "seq_gap": "gap"}
 
 
 def _refuse(plan: StreamPlan, error: ServiceError) -> None:

@@ -6,8 +6,9 @@ none given, or all above the seqs before them). For those, ``plan.py``'s rules r
 operations: the records are decoded from one buffer (``record.head_dtype``), the seqs assigned
 or checked as a whole, the model run once per shape (the units' reading counts), and the new
 records encoded into one buffer (``record.record_dtype``) and cut into one string per stream.
-Everything else (retries, stale seqs, v2's start and end flags, another version's state, an
-ended stream's record, seqs that would pass ``SEQ_MAX``) is left to ``plan.py``, stream by
+Everything else (retries, stale seqs, gaps that ``--seq-gaps refuse`` refuses, v2's start and
+end flags, another version's state, an ended stream's record, seqs that would pass ``SEQ_MAX``)
+is left to ``plan.py``, stream by
 stream, with the same outcome either way.
 """
 
@@ -170,10 +171,12 @@ def columns_of(
     units: Sequence[list[Unit]],
     raws: Sequence[bytes | None],
     new_generation: Callable[[], int],
+    refuse_gaps: bool = False,
 ) -> tuple[Columns | None, list[int]]:
     """Plan simple streams (``simple``) of one model whose units have the reading counts
     ``shape``, from their stored records (None: no state). Returns the planned columns (None if
-    no stream qualified) and the indices of the streams they leave to ``plan.py``."""
+    no stream qualified) and the indices of the streams they leave to ``plan.py``.
+    ``refuse_gaps``: a given seq must be the next one (``--seq-gaps refuse``)."""
     version = model.version.encode("ascii")
     layers, hidden = model.state_shape
     steps = sum(shape)
@@ -196,14 +199,16 @@ def columns_of(
     ).reshape(len(units), steps)
     last = np.where(exists, heads["seq"], 0).astype(np.int64)
     # Each unit's seqs: given, all above the seqs before it (they increase within the unit, the
-    # wire checked); none given, the next ones, as long as they stay within SEQ_MAX.
+    # wire checked), or exactly the next ones when gaps are refused (the wire checked that they
+    # are consecutive); none given, the next ones, as long as they stay within SEQ_MAX.
     seqs = np.empty_like(given)
     before = last
     at = 0
     for count in shape:
         first = given[:, at]
         has_seq = first > 0
-        ok &= np.where(has_seq, first > before, before <= SEQ_MAX - count)
+        fits = first == before + 1 if refuse_gaps else first > before
+        ok &= np.where(has_seq, fits, before <= SEQ_MAX - count)
         seqs[:, at : at + count] = np.where(
             has_seq[:, None], given[:, at : at + count], before[:, None] + np.arange(1, count + 1)
         )

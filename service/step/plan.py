@@ -1,10 +1,12 @@
 """What a batch does to one stream, decided from its stored state before any inference runs.
 
-The rules (DESIGN.md, "State"): a client ``seq`` must exceed the last applied one (gaps allowed);
-without one the server assigns last+1. A unit (the readings of one stream from one request) is all
-or nothing. A unit whose seqs were all applied already and are still held in the record's last
-results is a retry: it gets those results, marked duplicate, and changes nothing. Anything else at
-or below the last seq is ``stale_seq``. A record written by another model version is refused or
+The rules (DESIGN.md, "State"): a client ``seq`` must exceed the last applied one (gaps allowed;
+with ``--seq-gaps refuse`` it must be the next one, or the unit is ``seq_gap``, which tells the
+client where the stream stands after a rollback); without one the server assigns last+1. A unit
+(the readings of one stream from one request) is all or nothing. A unit whose seqs were all
+applied already and are still held in the record's last results is a retry: it gets those
+results, marked duplicate, and changes nothing. Anything else at or below the last seq is
+``stale_seq``. A record written by another model version is refused or
 reset, by configuration.
 
 This module does no I/O; the batcher feeds it decoded state and carries out the plan.
@@ -20,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..core.errors import ModelVersionMismatch, ServiceError, StaleSeq
+from ..core.errors import ModelVersionMismatch, SeqGap, ServiceError, StaleSeq
 from ..core.ids import DEFAULT_TENANT
 from .model import ServedModel
 from .record import StreamState
@@ -147,10 +149,13 @@ def plan_stream(
     state: StreamState | None,
     on_version_mismatch: str,
     new_generation: Callable[[], int],
+    refuse_gaps: bool = False,
 ) -> StreamPlan:
     """Decide the units of one stream in a batch, in order, against ``state`` (None: no record).
 
-    ``new_generation`` is called only when the stream starts a new generation.
+    ``new_generation`` is called only when the stream starts a new generation. ``refuse_gaps``:
+    a unit whose first seq is above the last applied one + 1 is refused (``SeqGap``); a new
+    generation starts at 1.
     """
     zeros = model.zero_state
     held: dict[int, np.ndarray | int] | None
@@ -216,6 +221,9 @@ def plan_stream(
                 else:
                     plan.outcomes.append(_stale(stream, assigned, last))
                 continue
+            if refuse_gaps and assigned[0] != last + 1:
+                plan.outcomes.append(_gap(stream, assigned[0], last))
+                continue
         first = len(plan.steps)
         plan.steps += [
             Reading(r.values, seq, r.ts) for r, seq in zip(unit.readings, assigned, strict=True)
@@ -279,5 +287,14 @@ def _stale(stream: str, seqs: list[int], last: int) -> StaleSeq:
         )
     return StaleSeq(
         f"stream {stream!r}: {why}; its last applied seq is {last}: send seqs above it",
+        current_seq=last,
+    )
+
+
+def _gap(stream: str, first: int, last: int) -> SeqGap:
+    where = f"its last applied seq is {last}" if last else "it has no steps (new or ended)"
+    return SeqGap(
+        f"stream {stream!r}: seq {first} would leave a gap, and gaps are refused; {where}: send "
+        f"seq {last + 1} next, with every reading after it that you sent before",
         current_seq=last,
     )

@@ -35,16 +35,22 @@ from redis._parsers import _AsyncRESP2Parser
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from ..core.errors import RedisUnavailable
+from ..core.errors import NotPersisted, NotReplicated, RedisUnavailable, ServiceError
 from ..core.ids import DEFAULT_TENANT
 from ..core.metrics import Metrics
+from ..core.settings import MEMORY, Durability
 
 __all__ = [
+    "ANNOUNCE_SCRIPT",
     "COMMIT_SCRIPT",
+    "CONFIRM_SCRIPT",
     "LOG_SCRIPT",
     "QUOTA_SCRIPT",
+    "Announcement",
+    "Confirm",
+    "DurabilityError",
     "LogAppend",
     "LogChunk",
     "LogPolicy",
@@ -161,6 +167,10 @@ end
 # and a subscriber hears only of its own tenant's streams.
 # Returns per stream 1 (written), 0 (guard differed: someone else advanced or ended the stream) or
 # the log's last generation as a string (generation too old).
+# ARGV[7] = "1" (``--durability`` aof or replicas:N): announce nothing, as the write is not yet
+# acknowledged; return {flags, prevs} instead, prevs[i] the previous event id the announcement
+# of stream i names (the log's, for a new generation), so that the service announces exactly
+# these messages once WAIT or WAITAOF confirms them (ANNOUNCE_SCRIPT).
 COMMIT_SCRIPT = (
     _LOG_LUA
     + """
@@ -301,8 +311,9 @@ local log_ttl = tonumber(ARGV[2])
 local max_len = tonumber(ARGV[3])
 local cutoff = tonumber(ARGV[4])
 local now = ARGV[5]
+local defer = ARGV[7] == '1'
 local k = math.max(1, math.floor(max_len / 10))
-local written = {}
+local written, prevs = {}, {}
 local blob = ARGV[6]
 local at = 1
 for i = 1, #KEYS / 2 do
@@ -357,20 +368,36 @@ for i = 1, #KEYS / 2 do
         end
       end
       if log_ttl > 0 then redis.call('PEXPIRE', log, log_ttl) end
-      redis.call('SPUBLISH', channel, prev .. '\\n' .. message)
-      if guard == '' then
-        -- A new generation, once per stream life: announced on the deployment's new-streams
-        -- channel (plain PUBLISH reaches every node of a cluster) for prefix subscribers.
-        local tag = string.find(key, '{', 1, true)
-        redis.call('PUBLISH', string.sub(key, 1, tag - 1) .. 'new-streams', key .. '\\n' .. floor)
+      if defer then
+        prevs[i] = prev
+      else
+        redis.call('SPUBLISH', channel, prev .. '\\n' .. message)
+        if guard == '' then
+          -- A new generation, once per stream life: announced on the deployment's new-streams
+          -- channel (plain PUBLISH reaches every node of a cluster) for prefix subscribers.
+          local tag = string.find(key, '{', 1, true)
+          redis.call('PUBLISH', string.sub(key, 1, tag - 1) .. 'new-streams',
+                     key .. '\\n' .. floor)
+        end
       end
       written[i] = 1
     end
   elseif head == string.sub(record, 1, 24) then
     written[i] = 1
+    if defer then
+      -- Landed by an earlier attempt of this call, on another connection: a write here (the
+      -- record's first byte over itself) makes the confirmation that follows on this
+      -- connection cover it.
+      redis.call('SETRANGE', key, 0, string.sub(head, 1, 1))
+      prevs[i] = prev
+    end
   else
     written[i] = 0
   end
+end
+if defer then
+  for i = 1, #KEYS / 2 do prevs[i] = prevs[i] or '' end
+  return {written, prevs}
 end
 return written
 """
@@ -380,7 +407,10 @@ return written
 # the largest id a reader may no longer get, and the entries after ARGV[1] ("": from the start)
 # holding about ARGV[2] events (whole entries, so up to one entry's more), and whether more
 # follow. ARGV[3]: the reader's age cutoff in Unix ms (0: none): entries at the head older than it
-# count as deleted (the age bound applied on read). KEYS[1]: the log.
+# count as deleted (the age bound applied on read). KEYS[1]: the log. ARGV[4] = "1" (a reader at
+# --durability aof or replicas:N): when entries are read, a write of the log's last id over itself,
+# so that the WAIT or WAITAOF that follows on this connection covers every entry read: a reader
+# hands on only what is acknowledged, as the live announcements do.
 LOG_SCRIPT = (
     _LOG_LUA
     + """
@@ -418,9 +448,38 @@ if want > 0 then
   end
   if #entries < #page or #page == want then more = 1 end
 end
+if ARGV[4] == '1' and #entries > 0 then redis.call('XSETID', log, last) end
 return {1, last, deleted, entries, more}
 """
 )
+
+# With ``--durability`` aof or replicas:N, a retry answered from a stored record (a duplicate)
+# is acknowledged like a write: this call writes the record's first byte over itself, if the
+# record is still the one the batch read (KEYS[1]; ARGV[1] its guard), so that the WAIT or
+# WAITAOF that follows on the same connection covers the record, whichever connection wrote it.
+# Returns 1, or 0 when the record changed since it was read.
+CONFIRM_SCRIPT = """
+if redis.call('GETRANGE', KEYS[1], 0, 15) ~= ARGV[1] then return 0 end
+redis.call('SETRANGE', KEYS[1], 0, string.sub(ARGV[1], 1, 1))
+return 1
+"""
+
+# Announces acknowledged writes (``--durability`` aof or replicas:N), as COMMIT_SCRIPT does at
+# the memory level: per write, SPUBLISH of its message on its stream's shard channel and, for a
+# new generation, PUBLISH on the new-streams channel (ARGV[1]). ARGV[2] packs, per write, its
+# channel, its message and its new-streams message ("" if none), each a u32 LE length and its
+# bytes. KEYS: none on a standalone Redis; on a cluster, the one stream's state key, which
+# routes the call to the node of its channel.
+ANNOUNCE_SCRIPT = """
+local blob, at = ARGV[2], 1
+while at <= #blob do
+  local channel, message, new_stream
+  channel, message, new_stream, at = struct.unpack('<I4c0I4c0I4c0', blob, at)
+  redis.call('SPUBLISH', channel, message)
+  if #new_stream > 0 then redis.call('PUBLISH', ARGV[1], new_stream) end
+end
+return 1
+"""
 
 # Live streams per tenant (max_streams). A tenant with a limit has a set of the state keys of its
 # live streams, "{prefix}:{tenant}:streams": in a slot of its own, not its streams', so it is
@@ -524,6 +583,23 @@ class Write(NamedTuple):
     log: LogAppend
 
 
+class Confirm(NamedTuple):
+    """A stored record whose held results a batch answers from (a duplicate), to be acknowledged
+    at the ``--durability`` level like the batch's writes."""
+
+    key: str  # the state key
+    guard: bytes  # the guard of the record as read
+
+
+class Announcement(NamedTuple):
+    """An acknowledged write's announcements, which the commit left to the service."""
+
+    key: str  # the stream's state key
+    channel: str  # its shard channel
+    message: bytes  # the previous event id, a newline, the live message's body
+    new_stream: bytes  # for a new generation, its new-streams message; else b""
+
+
 @dataclass(frozen=True)
 class LogChunk:
     """A read of a stream's event log, all from one instant."""
@@ -547,8 +623,26 @@ class StateStore:
     sent as one pipeline per node (redis-py groups them), the nodes in parallel.
     """
 
-    def __init__(self, url: str, prefix: str, metrics: Metrics, timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        metrics: Metrics,
+        timeout_s: float,
+        durability: Durability = MEMORY,
+        durability_timeout_ms: int = 1000,
+    ) -> None:
         self.prefix = prefix
+        self.durability = durability
+        self.durability_timeout_ms = durability_timeout_ms
+        # The command that confirms a batch's writes on their own connection (None: memory).
+        # WAIT and WAITAOF count the writes made on the connection they are sent on (up to its
+        # last one), so each goes in the same pipeline as the writes it confirms, per node.
+        self._ack: tuple[Any, ...] | None = None
+        if durability.level == "aof":
+            self._ack = ("WAITAOF", 1, 0, durability_timeout_ms)
+        elif durability.level == "replicas":
+            self._ack = ("WAIT", durability.replicas, durability_timeout_ms)
         self.metrics = metrics
         self.timeout_s = timeout_s
         self._url = url
@@ -564,6 +658,7 @@ class StateStore:
         self._client: Redis | RedisCluster | None = None
         self._connecting = asyncio.Lock()
         self._commit_sha: str | None = None
+        self._announce_sha: str | None = None
 
     # -- key names ---------------------------------------------------------------------------
     # On the hot path a key is built once per stream per batch: one comparison of short strings
@@ -684,14 +779,27 @@ class StateStore:
         return await self._call("load", load)
 
     async def commit_many(
-        self, writes: Sequence[Write], ttl_ms: int, policy: LogPolicy, now_ms: int
-    ) -> list[bool | int | RedisUnavailable]:
+        self,
+        writes: Sequence[Write],
+        ttl_ms: int,
+        policy: LogPolicy,
+        now_ms: int,
+        confirms: Sequence[Confirm] = (),
+        announce: list[Announcement] | None = None,
+    ) -> list[bool | int | ServiceError]:
         """Compare-and-set every record and append its events. Per write: True (written), False
         (the guard differed: someone else advanced or ended the stream), an int (a new
         generation that does not sort after the stream's log; the int is the log's last
         generation) or RedisUnavailable (on a cluster, that stream's node failed while others
-        answered)."""
-        if not writes:
+        answered).
+
+        With ``--durability`` aof or replicas:N, the writes are confirmed by WAITAOF or WAIT on
+        their connection (``_commit_acked``): a write Redis applied but did not confirm in time
+        is a NotPersisted or NotReplicated; ``confirms`` (duplicates' records) follow the
+        writes in the result, each True (confirmed), False (the record changed since it was
+        read) or an error; and the announcements of the confirmed writes are appended to
+        ``announce``, for ``announce()`` (at the memory level the script announces them)."""
+        if not writes and not confirms:
             return []
         head = [
             ttl_ms,
@@ -700,8 +808,15 @@ class StateStore:
             now_ms - policy.max_age_ms if policy.max_age_ms else 0,
             now_ms,
         ]
+        if self._ack is not None:
+            made: list[Announcement] = [] if announce is None else announce
 
-        async def commit(client: Redis | RedisCluster) -> list[bool | int | RedisUnavailable]:
+            async def commit_acked(client: Redis | RedisCluster) -> list[bool | int | ServiceError]:
+                return await self._commit_acked(client, writes, confirms, head, made)
+
+            return await self._call("commit", commit_acked)
+
+        async def commit(client: Redis | RedisCluster) -> list[bool | int | ServiceError]:
             if isinstance(client, Redis):
                 try:
                     return [*await self._commit_standalone(client, writes, head)]
@@ -724,7 +839,7 @@ class StateStore:
 
         return await self._call("commit", commit)
 
-    def _outcome(self, result: object) -> bool | int | RedisUnavailable:
+    def _outcome(self, result: object) -> bool | int | ServiceError:
         if isinstance(result, Exception):
             self.metrics.redis_errors.labels("commit").inc()
             return RedisUnavailable(
@@ -738,14 +853,14 @@ class StateStore:
         return self._commit_sha
 
     @staticmethod
-    async def _load_script(client: Redis | RedisCluster) -> str:
+    async def _load_script(client: Redis | RedisCluster, script: str = COMMIT_SCRIPT) -> str:
         if isinstance(client, RedisCluster):
             shas = await client.execute_command(
-                "SCRIPT LOAD", COMMIT_SCRIPT, target_nodes=RedisCluster.PRIMARIES
+                "SCRIPT LOAD", script, target_nodes=RedisCluster.PRIMARIES
             )
             sha = next(iter(shas.values())) if isinstance(shas, dict) else shas
         else:
-            sha = await client.script_load(COMMIT_SCRIPT)
+            sha = await client.script_load(script)
         return sha.decode() if isinstance(sha, bytes) else str(sha)
 
     async def _commit_standalone(
@@ -773,6 +888,260 @@ class StateStore:
                 )
             return list(await pipe.execute(raise_on_error=False))
 
+    # -- acknowledged writes (--durability aof, replicas:N) ----------------------------------
+
+    async def _commit_acked(
+        self,
+        client: Redis | RedisCluster,
+        writes: Sequence[Write],
+        confirms: Sequence[Confirm],
+        head: list[Any],
+        announce: list[Announcement],
+    ) -> list[bool | int | ServiceError]:
+        """``commit_many`` with the writes' confirmation: one pipeline per node of the script
+        call(s), the confirms, then WAITAOF or WAIT, all on one connection, so that the
+        confirmation counts exactly these writes (a WAIT on another pooled connection would
+        count that connection's writes, and confirm nothing of these)."""
+        if isinstance(client, Redis):
+            try:
+                replies, ack = await self._acked_standalone(client, writes, confirms, head)
+            except NoScriptError:
+                # The script call was refused and did not run (the confirms and the WAIT did,
+                # harmlessly): all of it again.
+                self._commit_sha = await self._load_script(client)
+                replies, ack = await self._acked_standalone(client, writes, confirms, head)
+            unconfirmed = self._ack_error(ack)
+            out: list[bool | int | ServiceError] = []
+            if writes:
+                flags, prevs = replies[0]
+                for w, flag, prev in zip(writes, flags, prevs, strict=True):
+                    out.append(self._acked(w, _written(flag), prev, unconfirmed, announce))
+            for reply in replies[1 if writes else 0 :]:
+                out.append(unconfirmed if reply == 1 and unconfirmed else reply == 1)
+            return out
+        return await self._acked_cluster(client, writes, confirms, head, announce)
+
+    async def _acked_standalone(
+        self, client: Redis, writes: Sequence[Write], confirms: Sequence[Confirm], head: list[Any]
+    ) -> tuple[list[Any], Any]:
+        """(the script's reply, if there are writes, then each confirm's), and the reply of the
+        confirmation (an exception if Redis refused it). Raises what a script call raised."""
+        sha = await self._script_sha(client)
+        async with client.pipeline(transaction=False) as pipe:
+            if writes:
+                keys: list[str] = []
+                for w in writes:
+                    keys += [w.keys.state, w.keys.log]
+                packed = _pack_writes(writes, head[2])
+                # ARGV[7] = 1: announce nothing yet
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *head, packed, 1)
+            for c in confirms:
+                pipe.execute_command("EVAL", CONFIRM_SCRIPT, 1, c.key, c.guard)
+            assert self._ack is not None
+            pipe.execute_command(*self._ack)
+            replies = list(await pipe.execute(raise_on_error=False))
+        for reply in replies[:-1]:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies[:-1], replies[-1]
+
+    async def _acked_cluster(
+        self,
+        client: RedisCluster,
+        writes: Sequence[Write],
+        confirms: Sequence[Confirm],
+        head: list[Any],
+        announce: list[Announcement],
+    ) -> list[bool | int | ServiceError]:
+        """One pipeline per node (redis-py sends each node's commands, in order, on one
+        connection): every script call of the node's streams, then its WAITAOF or WAIT, sent to
+        that node by name. A stream whose slot moved while it was written (the call was
+        redirected to another node, off this connection) counts as unconfirmed."""
+        sha = await self._script_sha(client)
+        nodes: dict[str, Any] = {}
+        owners: list[str] = []
+        keys = [w.keys.state for w in writes] + [c.key for c in confirms]
+        async with client.pipeline() as pipe:
+            for w in writes:
+                packed = _pack_writes([w], head[2])
+                pipe.execute_command("EVALSHA", sha, 2, w.keys.state, w.keys.log, *head, packed, 1)
+            for c in confirms:
+                pipe.execute_command("EVAL", CONFIRM_SCRIPT, 1, c.key, c.guard)
+            for key in keys:
+                node = client.get_node_from_key(key)
+                if node is None:
+                    raise RedisError(f"no cluster node serves key {key}")
+                nodes.setdefault(node.name, node)
+                owners.append(node.name)
+            for node in nodes.values():
+                pipe.execute_command(*self._ack_command(), target_nodes=node)
+            replies = list(await pipe.execute(raise_on_error=False))
+        node_replies = zip(nodes, replies[len(keys) :], strict=True)
+        acks = {name: self._ack_error(reply) for name, reply in node_replies}
+        out: list[bool | int | ServiceError] = []
+        refused: list[int] = []
+        for i, (key, owner) in enumerate(zip(keys, owners, strict=True)):
+            reply = replies[i]
+            moved = client.get_node_from_key(key)
+            unconfirmed = acks[owner]
+            if unconfirmed is None and (moved is None or moved.name != owner):
+                unconfirmed = self._unacknowledged("the stream's slot moved while it was written")
+            if isinstance(reply, NoScriptError):
+                refused.append(i)
+                out.append(False)
+            elif isinstance(reply, Exception):
+                out.append(self._outcome(reply))
+            elif i < len(writes):
+                flags, prevs = reply
+                written = _written(flags[0])
+                out.append(self._acked(writes[i], written, prevs[0], unconfirmed, announce))
+            else:
+                out.append(unconfirmed if reply == 1 and unconfirmed else reply == 1)
+        if refused:
+            # A node lost its script cache: its script calls were refused and did not run;
+            # they go again, with a confirmation of their own.
+            self._commit_sha = await self._load_script(client)
+            again = await self._acked_cluster(
+                client, [writes[i] for i in refused], (), head, announce
+            )
+            for i, result in zip(refused, again, strict=True):
+                out[i] = result
+        return out
+
+    def _ack_command(self) -> tuple[Any, ...]:
+        assert self._ack is not None
+        return self._ack
+
+    def _acked(
+        self,
+        write: Write,
+        written: bool | int,
+        prev: bytes | str,
+        unconfirmed: ServiceError | None,
+        announce: list[Announcement],
+    ) -> bool | int | ServiceError:
+        """A write's outcome once its confirmation is known; a confirmed write's announcement
+        joins ``announce``."""
+        if written is not True:
+            return written
+        if unconfirmed is not None:
+            return unconfirmed
+        new_stream = b""
+        if not write.expected_guard:  # as COMMIT_SCRIPT announces a new generation
+            new_stream = f"{write.keys.state}\n{write.log.floor}".encode()
+        message = _text(prev).encode() + b"\n" + write.log.message
+        announce.append(Announcement(write.keys.state, write.keys.channel, message, new_stream))
+        return True
+
+    def _ack_error(self, reply: Any, write: bool = True) -> ServiceError | None:
+        """None when the reply of WAIT or WAITAOF confirms what went before it on its
+        connection, else the error for the readings it answers (``write``) or for a reader of
+        the event log."""
+        timeout = self.durability_timeout_ms
+        why: str | None = None
+        if isinstance(reply, ResponseError):
+            why = f"Redis refused to confirm it: {reply}"
+        elif isinstance(reply, Exception):
+            why = f"the confirmation failed ({type(reply).__name__})"
+        elif self.durability.level == "aof":
+            if int(reply[0]) < 1:
+                why = f"Redis did not confirm it in its append-only file within {timeout} ms"
+        elif int(reply) < self.durability.replicas:
+            why = (
+                f"{int(reply)} of the {self.durability.replicas} replica(s) asked for confirmed "
+                f"it within {timeout} ms"
+            )
+        if why is None:
+            return None
+        if write:
+            return self._unacknowledged(why)
+        text = (
+            f"the stream's event log holds events not yet acknowledged at --durability "
+            f"{self.durability}: {why}"
+        )
+        return NotPersisted(text) if self.durability.level == "aof" else NotReplicated(text)
+
+    def _unacknowledged(self, why: str) -> ServiceError:
+        text = (
+            f"the write was applied but not acknowledged at --durability {self.durability}: "
+            f"{why}; retry with the same seq (a retry is answered as a duplicate once the write "
+            "is confirmed, or applied afresh if it was lost)"
+        )
+        return NotPersisted(text) if self.durability.level == "aof" else NotReplicated(text)
+
+    async def announce(self, announcements: Sequence[Announcement]) -> None:
+        """Announce acknowledged writes (``commit_many`` with ``announce``), as the commit
+        script does at the memory level: one script call (one per stream on a cluster)."""
+        if not announcements:
+            return
+        channel = self.new_streams_channel
+
+        async def run(client: Redis | RedisCluster) -> None:
+            if isinstance(client, Redis):
+                blob = _pack_announcements(announcements)
+                if self._announce_sha is None:
+                    self._announce_sha = await self._load_script(client, ANNOUNCE_SCRIPT)
+                try:
+                    await client.evalsha(self._announce_sha, 0, channel, blob)
+                except NoScriptError:
+                    self._announce_sha = await self._load_script(client, ANNOUNCE_SCRIPT)
+                    await client.evalsha(self._announce_sha, 0, channel, blob)
+                return
+            async with client.pipeline() as pipe:
+                for a in announcements:
+                    pipe.execute_command(
+                        "EVAL", ANNOUNCE_SCRIPT, 1, a.key, channel, _pack_announcements([a])
+                    )
+                for reply in await pipe.execute(raise_on_error=False):
+                    if isinstance(reply, Exception):
+                        raise reply
+
+        await self._call("announce", run)
+
+    async def check_durability(self) -> str | None:
+        """At start-up: raises DurabilityError when Redis cannot give the ``--durability``
+        level (aof: a server without WAITAOF, older than 7.2, or with its append-only file
+        off), returns a warning when it cannot yet (replicas:N: fewer replicas connected), and
+        raises RedisUnavailable when Redis does not answer. Every primary of a cluster."""
+        if self._ack is None:
+            return None
+
+        async def check(client: Redis | RedisCluster) -> str | None:
+            targets: list[tuple[str, dict[str, Any]]] = [("Redis", {})]
+            if isinstance(client, RedisCluster):
+                targets = [(f"node {n.name}", {"target_nodes": n}) for n in client.get_primaries()]
+            warnings = []
+            for name, where in targets:
+                if self.durability.level == "aof":
+                    server = await client.info("server", **where)
+                    version = str(server.get("redis_version", "0"))
+                    numbers = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+                    if numbers < (7, 2):
+                        raise DurabilityError(
+                            f"--durability aof needs WAITAOF (Redis or Valkey 7.2 or newer), and "
+                            f"{name} is Redis {version}: upgrade it, or choose another "
+                            "--durability"
+                        )
+                    persistence = await client.info("persistence", **where)
+                    if str(persistence.get("aof_enabled", "0")) != "1":
+                        raise DurabilityError(
+                            f"--durability aof needs Redis's append-only file, and {name} has "
+                            "appendonly no: turn it on (appendonly yes in its configuration, or "
+                            "CONFIG SET appendonly yes), or choose another --durability"
+                        )
+                else:
+                    replication = await client.info("replication", **where)
+                    connected = int(replication.get("connected_slaves", 0))
+                    if connected < self.durability.replicas:
+                        warnings.append(
+                            f"{name} has {connected} replica(s) connected and --durability "
+                            f"{self.durability} asks for {self.durability.replicas}: readings "
+                            "are answered 503 not_replicated until enough replicas confirm them"
+                        )
+            return "; ".join(warnings) or None
+
+        return await self._call("ping", check)
+
     async def read_log(
         self, log_key: str, after: str, count: int, max_age_ms: int = 0, now_ms: int | None = None
     ) -> LogChunk:
@@ -786,7 +1155,10 @@ class StateStore:
             cutoff = (int(time.time() * 1000) if now_ms is None else now_ms) - max_age_ms
 
         async def read(client: Redis | RedisCluster) -> LogChunk:
-            reply = await client.eval(LOG_SCRIPT, 1, log_key, after, count, cutoff)
+            if self._ack is None or count == 0:
+                reply = await client.eval(LOG_SCRIPT, 1, log_key, after, count, cutoff)
+            else:
+                reply = await self._acked_read(client, log_key, [after, count, cutoff, 1])
             if not reply[0]:
                 return LogChunk(False, "", "0-0", [])
             entries = [
@@ -796,6 +1168,33 @@ class StateStore:
             return LogChunk(True, _text(reply[1]), _text(reply[2]), entries, bool(reply[4]))
 
         return await self._call("read_log", read)
+
+    async def _acked_read(
+        self, client: Redis | RedisCluster, log_key: str, args: list[Any]
+    ) -> list[Any]:
+        """LOG_SCRIPT's reply once its entries are acknowledged at the --durability level (the
+        script call and WAITAOF or WAIT in one pipeline, on one connection); raises NotPersisted
+        or NotReplicated when they are not (the reader's client resumes later)."""
+        pipe = (
+            client.pipeline(transaction=False) if isinstance(client, Redis) else client.pipeline()
+        )
+        async with pipe:
+            pipe.execute_command("EVAL", LOG_SCRIPT, 1, log_key, *args)
+            target: dict[str, Any] = {}
+            if isinstance(client, RedisCluster):
+                node = client.get_node_from_key(log_key)
+                if node is None:
+                    raise RedisError(f"no cluster node serves key {log_key}")
+                target["target_nodes"] = node
+            pipe.execute_command(*self._ack_command(), **target)
+            reply, ack = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        if reply[0] and reply[3]:
+            unconfirmed = self._ack_error(ack, write=False)
+            if unconfirmed is not None:
+                raise unconfirmed
+        return cast(list[Any], reply)
 
     async def get(self, key: str) -> tuple[bytes | None, int]:
         """A record and its remaining TTL in ms (-1: none) in one round trip."""
@@ -978,6 +1377,10 @@ def _stream_id(tag: str) -> StreamId | None:
     return StreamId(tenant, model, stream) if sep and model and stream else None
 
 
+class DurabilityError(RuntimeError):
+    """At start-up: Redis cannot give the ``--durability`` level asked for (one line why)."""
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -1014,4 +1417,16 @@ def _pack_writes(writes: Sequence[Write], max_len: int) -> bytes:
             add(text)
         before, last = log.seqs
         add(b"\x01" if before // k != last // k else b"\x00")
+    return b"".join(parts)
+
+
+def _pack_announcements(announcements: Sequence[Announcement]) -> bytes:
+    """Announcements as ANNOUNCE_SCRIPT's ARGV[2]."""
+    parts: list[bytes] = []
+    add = parts.append
+    u32 = _U32.pack
+    for a in announcements:
+        for text in (a.channel.encode(), a.message, a.new_stream):
+            add(u32(len(text)))
+            add(text)
     return b"".join(parts)

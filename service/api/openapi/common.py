@@ -22,10 +22,10 @@ ERRORS: dict[str, list[str]] = {
     "Error401": ["unauthenticated"],
     "Error403": ["forbidden"],
     "Error404": ["model_not_found", "stream_not_found"],
-    "Error409": ["stale_seq", "model_version_mismatch"],
+    "Error409": ["stale_seq", "seq_gap", "model_version_mismatch"],
     "Error413": ["payload_too_large"],
     "Error429": ["quota_exceeded"],
-    "Error503": ["redis_unavailable", "overloaded"],
+    "Error503": ["redis_unavailable", "overloaded", "not_replicated", "not_persisted"],
     "UnknownPathError": ["not_found"],
     "MethodNotAllowedError": ["method_not_allowed"],
 }
@@ -127,7 +127,9 @@ def responses(settings: Settings) -> dict[str, Schema]:
             "Error409",
             "stale_seq: a seq at or below the last applied one that is not a retry of the last "
             f"request, or readings without seq on a stream whose seq is {SEQ_MAX} (with "
-            "current_seq); model_version_mismatch: the stream's state was written by "
+            "current_seq); seq_gap: with --seq-gaps refuse, a seq above the last applied one + 1 "
+            "(with current_seq: send current_seq + 1 next); model_version_mismatch: the stream's "
+            "state was written by "
             "another model version (with --on-version-mismatch refuse).",
         ),
         "PayloadTooLarge": error(
@@ -140,7 +142,9 @@ def responses(settings: Settings) -> dict[str, Schema]:
         "Unavailable": error(
             "Error503",
             "redis_unavailable: Redis did not answer in time; overloaded: the queue is full or the "
-            "service is stopping. Retry after Retry-After seconds with the same seq.",
+            "service is stopping; not_replicated, not_persisted: the write was applied but not "
+            "confirmed at the --durability level in time. Retry after Retry-After seconds with "
+            "the same seq.",
             headers=_RETRY_AFTER,
         ),
         "Unauthorized": error(
@@ -175,7 +179,8 @@ def responses(settings: Settings) -> dict[str, Schema]:
             "A seq at or below the stream's last applied one whose results are no longer held "
             "(a resent request of the stream's last one is answered as a duplicate), or the "
             "stream's state was written by another model version (with --on-version-mismatch "
-            "refuse).",
+            "refuse), or, with --seq-gaps refuse, a seq above the last applied one + 1 (the "
+            "message names the last applied seq).",
         ),
         "V2PayloadTooLarge": error(
             "V2Error",
@@ -184,8 +189,9 @@ def responses(settings: Settings) -> dict[str, Schema]:
         ),
         "V2Unavailable": error(
             "V2Error",
-            "Redis did not answer in time, or the queue is full, or the service is stopping. "
-            "Retry after Retry-After seconds with the same seq.",
+            "Redis did not answer in time, or the queue is full, or the service is stopping, or "
+            "the write was applied but not confirmed at the --durability level in time. Retry "
+            "after Retry-After seconds with the same seq.",
             headers=_RETRY_AFTER,
         ),
         "V2Unauthorized": error(

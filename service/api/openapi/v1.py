@@ -36,7 +36,12 @@ def v1_schemas(settings: Settings, models: dict[str, ServedModel]) -> dict[str, 
         "maxItems": max_readings,
         "items": ref("Reading"),
         "description": "Applied in order, all or nothing. Give `seq` on every reading or on none; "
-        "given seqs must increase.",
+        + (
+            "given seqs must be consecutive, the first the stream's next (this service refuses "
+            "gaps)."
+            if settings.seq_gaps == "refuse"
+            else "given seqs must increase."
+        ),
     }
     error_detail = obj(
         ["code", "message"],
@@ -46,7 +51,8 @@ def v1_schemas(settings: Settings, models: dict[str, ServedModel]) -> dict[str, 
             "current_seq": {
                 "type": "integer",
                 "minimum": 0,
-                "description": "With stale_seq: the stream's last applied seq.",
+                "description": "With stale_seq and seq_gap: the stream's last applied seq (0: "
+                "none, a new or ended stream).",
             },
             "stream_version": {
                 "type": "string",
@@ -60,7 +66,7 @@ def v1_schemas(settings: Settings, models: dict[str, ServedModel]) -> dict[str, 
     )
     error_detail["allOf"] = [
         {
-            "if": {"properties": {"code": {"const": "stale_seq"}}},
+            "if": {"properties": {"code": {"enum": ["stale_seq", "seq_gap"]}}},
             "then": {"required": ["current_seq"]},
         },
         {
