@@ -2,8 +2,9 @@
 
 Owns the queue and the natural-batching loop (``batcher``), what a batch does to each stream
 (``plan``), the state record's layout (``record``), every Redis key and Lua script
-(``state_store``), the records this process wrote last (``state_cache``), the onnxruntime models
-(``model``), the event log's encodings (``events``) and counting expired streams (``expiry``).
+(``state_store``), every Redis client and how it follows a failover (``redis_clients``), the
+records this process wrote last (``state_cache``), the onnxruntime models (``model``), the event
+log's encodings (``events``) and counting expired streams (``expiry``).
 
 May import: ``core``.
 """

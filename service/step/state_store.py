@@ -18,22 +18,23 @@ stream and recomputes it.
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import os
 import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar, cast
 
 from redis._parsers import _AsyncRESP2Parser
-from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ..core.errors import RedisUnavailable
 from ..core.metrics import Metrics
+from .redis_clients import RedisClients
 
 __all__ = [
     "COMMIT_SCRIPT",
@@ -412,6 +413,10 @@ return {1, last, deleted, entries, more}
 """
 )
 
+# The script's sha, as Redis computes it: a cluster's nodes are sent EVALSHA without loading it
+# first, and a node that lacks it is sent the script itself (``StateStore.commit_many``).
+_COMMIT_SHA = hashlib.sha1(COMMIT_SCRIPT.encode()).hexdigest()
+
 T = TypeVar("T")
 
 
@@ -463,18 +468,20 @@ class LogChunk:
 class StateStore:
     """Reads and writes stream records; every Redis failure becomes ``RedisUnavailable``.
 
-    Works with a standalone Redis and with a Redis Cluster, found out on first contact (``INFO
-    cluster``), so the same ``REDIS_URL`` setting serves both. Standalone: one ``MGET`` per batch
-    and one call of ``COMMIT_SCRIPT`` over every stream. Cluster: a stream's keys share a hash slot
-    but streams do not, so reads are one ``GET`` and writes one single-key script call per stream,
-    sent as one pipeline per node (redis-py groups them), the nodes in parallel.
+    Works with a standalone Redis, the primary Redis Sentinel names, and a Redis Cluster (found
+    out on first contact, ``INFO cluster``), so the same ``REDIS_URL`` setting serves all three
+    (``redis_clients.py`` makes the clients and says how each follows a failover). Standalone and
+    Sentinel: one ``MGET`` per batch and one call of ``COMMIT_SCRIPT`` over every stream. Cluster:
+    a stream's keys share a hash slot but streams do not, so reads are one ``GET`` and writes one
+    single-key script call per stream, sent as one pipeline per node, the nodes in parallel; a
+    node that fails fails only its own streams (``RedisUnavailable`` in their place), and the
+    others are answered.
     """
 
     def __init__(self, url: str, prefix: str, metrics: Metrics, timeout_s: float) -> None:
         self.prefix = prefix
         self.metrics = metrics
         self.timeout_s = timeout_s
-        self._url = url
         self._options: dict[str, Any] = {
             "socket_timeout": timeout_s,
             "socket_connect_timeout": timeout_s,
@@ -484,8 +491,8 @@ class StateStore:
         }
         if os.environ.get("LSTM_BENCH_HIREDIS") == "off":  # a benchmark's comparison only
             self._options["parser_class"] = _AsyncRESP2Parser
-        self._client: Redis | RedisCluster | None = None
-        self._connecting = asyncio.Lock()
+        # Every client, and how each follows a failover (redis_clients.py).
+        self.clients = RedisClients(url, timeout_s, self._options)
         self._commit_sha: str | None = None
 
     def _tag(self, model: str, stream: str) -> str:
@@ -506,42 +513,19 @@ class StateStore:
         return f"{prefix}:{{{model}:*}}:state"
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.clients.aclose()
 
     async def _connected(self) -> Redis | RedisCluster:
         """The client, created on first contact once we know whether Redis is a cluster."""
-        if self._client is not None:
-            return self._client
-        async with self._connecting:  # one probe, however many callers arrive at once
-            if self._client is None:
-                self._client = await self._probe()
-            return self._client
-
-    async def _probe(self) -> Redis | RedisCluster:
-        probe = Redis.from_url(self._url, **self._options)
-        try:
-            info = await probe.info("cluster")
-        except BaseException:
-            await probe.aclose()
-            raise
-        if str(info.get("cluster_enabled", 0)) != "1":
-            return probe
-        await probe.aclose()
-        cluster = RedisCluster.from_url(self._url, **self._options)
-        try:
-            await cluster.initialize()
-        except BaseException:
-            await cluster.aclose()
-            raise
-        return cluster
+        return await self.clients.command_client()
 
     async def _call(self, operation: str, fn: Callable[[Redis | RedisCluster], Awaitable[T]]) -> T:
         start = time.perf_counter()
         try:
             return await fn(await self._connected())
-        except (RedisError, OSError) as exc:  # OSError: a socket error redis-py did not wrap
+        # OSError: a socket error redis-py did not wrap; RedisClusterException: no node of a
+        # cluster could be reached, or a slot has none
+        except (RedisError, OSError, RedisClusterException) as exc:
             self.metrics.redis_errors.labels(operation).inc()
             raise RedisUnavailable(
                 f"Redis did not answer ({type(exc).__name__}); retry later"
@@ -555,20 +539,28 @@ class StateStore:
 
         await self._call("ping", ping)
 
-    async def load_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Every record in one round trip per node; None where a stream has no state."""
+    async def load_many(self, keys: Sequence[str]) -> list[bytes | RedisUnavailable | None]:
+        """Every record in one round trip per node; None where a stream has no state, and
+        RedisUnavailable where (on a cluster) that stream's node failed while others answered."""
         if not keys:
             return []
 
-        async def load(client: Redis | RedisCluster) -> list[bytes | None]:
+        async def load(client: Redis | RedisCluster) -> list[bytes | RedisUnavailable | None]:
             if isinstance(client, Redis):
-                return cast(list[bytes | None], await client.mget(keys))
-            async with client.pipeline() as pipe:
-                for key in keys:
-                    pipe.get(key)
-                return cast(list[bytes | None], await pipe.execute())
+                return cast(list[bytes | RedisUnavailable | None], await client.mget(keys))
+            replies = await self.clients.node_pipelines(client, [(k, ("GET", k)) for k in keys])
+            return [
+                self._node_failure("load", r) if isinstance(r, Exception) else r for r in replies
+            ]
 
         return await self._call("load", load)
+
+    def _node_failure(self, operation: str, error: Exception) -> RedisUnavailable:
+        """One stream's failure on a cluster whose other nodes answered."""
+        self.metrics.redis_errors.labels(operation).inc()
+        return RedisUnavailable(
+            f"Redis did not answer for this stream ({type(error).__name__}); retry later"
+        )
 
     async def commit_many(
         self, writes: Sequence[Write], ttl_ms: int, policy: LogPolicy, now_ms: int
@@ -602,9 +594,11 @@ class StateStore:
             if refused:
                 # A node lost its script cache (restarted, or a replica took over). Only its
                 # writes were refused, and they did not run; the others ran and must not be
-                # sent again.
-                self._commit_sha = await self._load_script(client)
-                again = await self._commit_cluster(client, [writes[i] for i in refused], head)
+                # sent again. The refused ones go again with the script itself, which its node
+                # keeps for the next EVALSHA: no other node (one may be down) is involved.
+                again = await self._commit_cluster(
+                    client, [writes[i] for i in refused], head, with_script=True
+                )
                 for i, result in zip(refused, again, strict=True):
                     results[i] = result
             return [self._outcome(r) for r in results]
@@ -613,27 +607,18 @@ class StateStore:
 
     def _outcome(self, result: object) -> bool | int | RedisUnavailable:
         if isinstance(result, Exception):
-            self.metrics.redis_errors.labels("commit").inc()
-            return RedisUnavailable(
-                f"Redis did not answer for this stream ({type(result).__name__}); retry later"
-            )
+            return self._node_failure("commit", result)
         return _written(cast(list[Any], result)[0])
 
-    async def _script_sha(self, client: Redis | RedisCluster) -> str:
+    async def _script_sha(self, client: Redis) -> str:
         if self._commit_sha is None:
             self._commit_sha = await self._load_script(client)
         return self._commit_sha
 
     @staticmethod
-    async def _load_script(client: Redis | RedisCluster) -> str:
-        if isinstance(client, RedisCluster):
-            shas = await client.execute_command(
-                "SCRIPT LOAD", COMMIT_SCRIPT, target_nodes=RedisCluster.PRIMARIES
-            )
-            sha = next(iter(shas.values())) if isinstance(shas, dict) else shas
-        else:
-            sha = await client.script_load(COMMIT_SCRIPT)
-        return sha.decode() if isinstance(sha, bytes) else str(sha)
+    async def _load_script(client: Redis) -> str:
+        sha: Any = await client.script_load(COMMIT_SCRIPT)  # bytes, whatever the stubs say
+        return _text(sha)
 
     async def _commit_standalone(
         self, client: Redis, writes: Sequence[Write], head: list[Any]
@@ -646,19 +631,26 @@ class StateStore:
         return [_written(flag) for flag in out]
 
     async def _commit_cluster(
-        self, client: RedisCluster, writes: Sequence[Write], head: list[Any]
+        self,
+        client: RedisCluster,
+        writes: Sequence[Write],
+        head: list[Any],
+        with_script: bool = False,
     ) -> list[Any]:
         """One script call per stream (its keys share a slot), one pipeline per node; per write
-        its reply (``[1]``, ``[0]`` or ``[generation]``) or the exception its node answered."""
-        sha = await self._script_sha(client)
-        async with client.pipeline() as pipe:
-            for w in writes:
-                # redis-py blocks its evalsha() helper in cluster pipelines; the command itself
-                # is routed by its key like any other.
-                pipe.execute_command(
-                    "EVALSHA", sha, 2, w.keys.state, w.keys.log, *head, _pack_writes([w], head[2])
+        its reply (``[1]``, ``[0]`` or ``[generation]``) or the exception its node answered.
+        ``with_script``: send the script itself (EVAL) rather than its sha."""
+        call = ("EVAL", COMMIT_SCRIPT) if with_script else ("EVALSHA", _COMMIT_SHA)
+        return await self.clients.node_pipelines(
+            client,
+            [
+                (
+                    w.keys.state,
+                    (*call, 2, w.keys.state, w.keys.log, *head, _pack_writes([w], head[2])),
                 )
-            return list(await pipe.execute(raise_on_error=False))
+                for w in writes
+            ],
+        )
 
     async def read_log(
         self, log_key: str, after: str, count: int, max_age_ms: int = 0, now_ms: int | None = None
@@ -688,40 +680,40 @@ class StateStore:
         """A record and its remaining TTL in ms (-1: none) in one round trip."""
 
         async def get_with_ttl(client: Redis | RedisCluster) -> tuple[bytes | None, int]:
-            pipeline = (
-                client.pipeline(transaction=False)
-                if isinstance(client, Redis)
-                else client.pipeline()
-            )
-            async with pipeline as pipe:
-                pipe.get(key)
-                pipe.pttl(key)
-                raw, pttl = await pipe.execute()
+            if isinstance(client, RedisCluster):
+                raw, pttl = await self.clients.node_pipelines(
+                    client, [(key, ("GET", key)), (key, ("PTTL", key))]
+                )
+                for reply in (raw, pttl):
+                    if isinstance(reply, Exception):
+                        raise reply
+            else:
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.get(key)
+                    pipe.pttl(key)
+                    raw, pttl = await pipe.execute()
             return raw, int(pttl)
 
         return await self._call("get", get_with_ttl)
 
     async def subscriber_client(self, channel: str) -> tuple[str, Redis]:
         """A new client of its own for subscribing to ``channel``, and the name of the node it
-        talks to ("" on a standalone Redis). Reads on it block as long as they need; a failure
+        talks to ("" unless on a cluster). Reads on it block as long as they need; a failure
         is raised, not retried, so that the caller knows announcements may have been lost."""
 
         async def connect(client: Redis | RedisCluster) -> tuple[str, Redis]:
-            options: dict[str, Any] = {
-                "socket_connect_timeout": self.timeout_s,
-                "socket_keepalive": True,
-                "retry": Retry(NoBackoff(), 0),
-            }
-            if isinstance(client, Redis):
-                return "", Redis.from_url(self._url, **options)
-            node = client.get_node_from_key(channel)
-            if node is None:
-                raise RedisError(f"no cluster node serves channel {channel}")
-            kwargs = {**node.connection_kwargs, **options, "socket_timeout": None}
-            pool = ConnectionPool(connection_class=node.connection_class, **kwargs)
-            return node.name, Redis(connection_pool=pool)
+            return await self.clients.dedicated(channel)
 
         return await self._call("connect", connect)
+
+    async def channel_nodes(self, channels: Iterable[str]) -> dict[str, str]:
+        """The node now serving each channel ("" unless on a cluster), from the cluster's slot
+        map read anew: after a node failed, a replica may serve its channels."""
+
+        async def owners(client: Redis | RedisCluster) -> dict[str, str]:
+            return await self.clients.owners(channels)
+
+        return await self._call("connect", owners)
 
     # -- stream discovery, for prefix subscriptions ------------------------------------------
 
