@@ -49,9 +49,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# The Redis URL in use (REDIS_URL, or the private redis-server's), for the expiry watcher.
-_REDIS_URL = web.AppKey("redis_url", str)
-
 # Codes for errors aiohttp raises itself (unknown path, wrong method).
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 HEADER_FIELD_MAX_BYTES = 64 * 1024
@@ -156,7 +153,6 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("Redis: %s", settings.redis_url_redacted)
     store = StateStore(url, settings.key_prefix, app[METRICS], settings.redis_timeout_s)
     app[STORE] = store
-    app[_REDIS_URL] = url
     try:
         yield
     finally:
@@ -181,9 +177,9 @@ async def end_subscriptions(app: web.Application) -> None:
 
 
 async def expiry_ctx(app: web.Application) -> AsyncIterator[None]:
-    store, models, settings = app[STORE], app[MODELS], app[SETTINGS]
+    store, models = app[STORE], app[MODELS]
     globs = {store.state_key_glob(name): name for name in models}
-    watcher = ExpiryWatcher(app[_REDIS_URL], globs, app[METRICS], settings.redis_timeout_s)
+    watcher = ExpiryWatcher(store.clients, globs, app[METRICS])
     task = asyncio.create_task(watcher.run(), name="expiry-watcher")
     try:
         yield
