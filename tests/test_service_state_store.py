@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from service_harness import RedisServer
 
+from service.core.ids import DEFAULT_TENANT
 from service.core.metrics import Metrics
 from service.step.events import format_id, log_append, log_events, parse_event_id
 from service.step.record import encode_record, guard_of
@@ -46,7 +47,7 @@ def _write(
         prev,
         now_ms,
     )
-    keys = StateStore("", "t", Metrics(), 1).stream_keys("m", stream)
+    keys = StateStore("", "t", Metrics(), 1).stream_keys(DEFAULT_TENANT, "m", stream)
     return Write(keys, guard_of(*prev) if prev else b"", record, events)
 
 
@@ -78,7 +79,7 @@ def _log(
     async def run() -> LogChunk:
         store = StateStore(server.url, "t", Metrics(), timeout_s=2)
         try:
-            log = store.stream_keys("m", stream).log
+            log = store.stream_keys(DEFAULT_TENANT, "m", stream).log
             return await store.read_log(log, after, count, max_age_ms, now_ms)
         finally:
             await store.close()
@@ -98,7 +99,7 @@ def _entry_ids(chunk: LogChunk) -> list[str]:
 
 def _log_info(server: RedisServer, stream: str) -> dict[str, object]:
     """The log's XINFO STREAM: its count of held events is its entries-added."""
-    log = StateStore("", "t", Metrics(), 1).stream_keys("m", stream).log
+    log = StateStore("", "t", Metrics(), 1).stream_keys(DEFAULT_TENANT, "m", stream).log
     info = server.client().xinfo_stream(log)
     return dict(info)
 
@@ -344,7 +345,7 @@ def test_logs_of_one_entry_per_step_are_read_and_trimmed_by_events(
     entries ever added, trims included) meets writes of the current form: both are read as
     events, and the bound still counts events exactly."""
     client = redis_server.client()
-    keys = StateStore("", "t", Metrics(), 1).stream_keys("m", "old")
+    keys = StateStore("", "t", Metrics(), 1).stream_keys(DEFAULT_TENANT, "m", "old")
     for seq in range(1, 5):
         _old_entry(client, keys.log, f"5-{seq}", 20.0 + seq, 900)
     # as the earlier script left it: max-deleted at its floor, entries-added past the length
@@ -373,7 +374,7 @@ def test_a_log_of_one_entry_per_step_is_counted_afresh_at_checkpoints(
     """One-step writes that are no checkpoint only add to the log; the first checkpoint finds an
     old entry at the head and counts the log by reading it, so the bound holds exactly."""
     client = redis_server.client()
-    keys = StateStore("", "t", Metrics(), 1).stream_keys("m", "old-k")
+    keys = StateStore("", "t", Metrics(), 1).stream_keys(DEFAULT_TENANT, "m", "old-k")
     for seq in range(1, 21):
         _old_entry(client, keys.log, f"5-{seq}", 20.0, 900)
     client.execute_command("XSETID", keys.log, "5-20", "ENTRIESADDED", 500, "MAXDELETEDID", "5-0")
@@ -399,7 +400,7 @@ def test_an_earlier_entry_behind_current_ones_makes_the_log_counted_afresh(
     many. A trim that meets an entry of the earlier form counts what is left, so the counter is
     exact again afterwards."""
     client = redis_server.client()
-    keys = StateStore("", "t", Metrics(), 1).stream_keys("m", "mixed")
+    keys = StateStore("", "t", Metrics(), 1).stream_keys(DEFAULT_TENANT, "m", "mixed")
     assert _commit(redis_server, [_write("mixed", 5, [1, 2], 1.0)]) == [True]
     _old_entry(client, keys.log, "5-3", 20.0, 900)  # the earlier version's write of seq 3
     client.set(keys.state, _write("mixed", 5, [3], 1.0, prev=(5, 2)).record)

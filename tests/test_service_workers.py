@@ -194,15 +194,15 @@ def test_workers_with_a_private_redis_leave_nothing_behind(
     service = service_factory("--workers", "2", env={"TMPDIR": str(scratch)})
     answer = call("POST", f"{service.url}/v1/streams/{stream_id}/readings", {"values": [24.0]})
     assert answer.status == 200
-    found = re.search(r"a private redis-server on 127\.0\.0\.1:(\d+)", service.log())
+    found = re.search(r"a private .+ server \(.+\) on 127\.0\.0\.1:(\d+)", service.log())
     assert found is not None
-    assert service.log().count("a private redis-server on") == 1  # one, shared by the workers
+    assert service.log().count("Redis: a private ") == 1  # one, shared by the workers
     # (onnxruntime leaves a .ses file in the temporary directory: not ours to remove.)
     made = {p.name.rsplit("-", 1)[0] for p in scratch.glob("lstm-*")}
     assert made == {"lstm-serve-redis", "lstm-serve-metrics"}
     assert service.stop() == 0
     assert not list(scratch.glob("lstm-*"))
-    with pytest.raises(redis.ConnectionError):  # the private redis-server is gone
+    with pytest.raises(redis.ConnectionError):  # the private server is gone
         redis.Redis(port=int(found.group(1)), socket_connect_timeout=1).ping()
 
 
@@ -223,4 +223,4 @@ def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None
     assert "no model.json here" in done.stderr
     assert "before it listened: stopping" in done.stderr
     assert "restarting" not in done.stderr
-    assert not list(scratch.glob("lstm-*"))  # its private redis-server and metrics directory too
+    assert not list(scratch.glob("lstm-*"))  # its private server and metrics directory too

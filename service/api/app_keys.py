@@ -23,7 +23,7 @@ BATCHER = web.AppKey("batcher", Batcher)
 HUB = web.AppKey("hub", EventHub)
 
 # The request's tenant, as authentication found it (absent: the service runs without it).
-TENANT = "lstm.tenant"
+TENANT = web.RequestKey("tenant", str)
 
 
 def tenant_of(request: web.Request) -> str:

@@ -63,7 +63,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # The request key of the request's Principal (absent: no authentication, or an open route).
-PRINCIPAL = "lstm.principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 ACCESS_TOKEN = "access_token"  # the query parameter of the routes that take a token there
 RELOAD_CHECK_S = 2.0  # how often the token files' metadata is checked for a change
 

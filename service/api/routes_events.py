@@ -35,7 +35,7 @@ from ..push.event_hub import CLOSED, RESYNC, Subscription
 from ..push.subscriber import gap_body
 from ..step.events import Event, EventId, LiveBatch, format_id, log_events, parse_event_id
 from ..step.state_store import LogChunk
-from .app_keys import HUB, SETTINGS, STORE
+from .app_keys import HUB, SETTINGS, STORE, tenant_of
 from .authn import end_on_revocation
 from .routes_v1 import model_for
 
@@ -85,7 +85,7 @@ class _Feed:
         self.sub = sub
         self.model = sub.model
         self.stream = sub.stream
-        self.log_key = request.app[STORE].stream_keys(sub.model, sub.stream).log
+        self.log_key = request.app[STORE].stream_keys(sub.tenant, sub.model, sub.stream).log
         self.response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -153,7 +153,8 @@ async def get_events(request: web.Request) -> web.StreamResponse:
     after, from_start = _start(request)
     settings = request.app[SETTINGS]
     hub = request.app[HUB]
-    sub = await hub.subscribe(model.name, stream)  # before the log is read: nothing falls between
+    # subscribed before the log is read: nothing falls between
+    sub = await hub.subscribe(tenant_of(request), model.name, stream)
     end_on_revocation(request, sub.mailbox)
     feed = _Feed(request, sub)
     sub.mailbox.on_close = feed.arm_cut

@@ -26,7 +26,7 @@ from ..core.errors import InvalidRequest, ServiceError
 from ..core.ids import check_stream_id
 from ..push.subscriber import Subscriber, TooManyStreams, parse_cursor, parse_prefix
 from ..step.events import Event, EventId, parse_event_id
-from .app_keys import HUB, SETTINGS, STORE
+from .app_keys import HUB, SETTINGS, STORE, tenant_of
 from .authn import end_on_revocation
 from .routes_events import CLOSE_GRACE_S, bound_send_buffer
 from .routes_v1 import model_for
@@ -125,6 +125,7 @@ async def get_multi_events(request: web.Request) -> web.StreamResponse:
         request.app[HUB],
         request.app[STORE],
         settings,
+        tenant_of(request),
         model.name,
         _SseSink(response),
         "sse",
@@ -280,6 +281,7 @@ async def ws_events(request: web.Request) -> web.StreamResponse:
         request.app[HUB],
         request.app[STORE],
         settings,
+        tenant_of(request),
         model.name,
         _WsSink(ws),
         "ws",

@@ -29,7 +29,7 @@ from ..core.logs import describe_client_fault
 from ..step.model import ServedModel
 from ..step.plan import Ticket, Unit, UnitResult
 from ..step.record import StreamState
-from .app_keys import BATCHER, MODELS, SETTINGS, STORE
+from .app_keys import BATCHER, MODELS, SETTINGS, STORE, tenant_of
 from .authn import charge_readings
 from .wire import (
     error_json,
@@ -114,7 +114,7 @@ async def post_readings(request: web.Request) -> web.Response:
     readings = parse_stream_readings(data, model, request.app[SETTINGS].request_max_readings)
     charge_readings(request, len(readings))
     future: asyncio.Future[UnitResult] = asyncio.get_running_loop().create_future()
-    unit = Unit(model, stream, readings, future)
+    unit = Unit(model, stream, readings, future, tenant=tenant_of(request))
     request.app[BATCHER].submit([unit])
     # shield: if the client goes away, the queued step still happens (answered into the void), and
     # a retry with the same seq gets its stored result. Raises the unit's ServiceError, if any.
@@ -135,6 +135,7 @@ async def post_bulk(request: web.Request) -> web.Response:
             'the body must be {"readings": [{"stream": ..., "values": [...], "seq": ...}, ...]}'
         )
     loop = asyncio.get_running_loop()
+    tenant = tenant_of(request)
     slots: list[Unit | ServiceError] = []
     total = 0
     for index, item in enumerate(items):
@@ -144,7 +145,7 @@ async def post_bulk(request: web.Request) -> web.Response:
             slots.append(exc)
             continue
         total += len(readings)
-        slots.append(Unit(model, stream, readings, None))
+        slots.append(Unit(model, stream, readings, None, tenant=tenant))
     if total > settings.request_max_readings:
         raise PayloadTooLarge(
             f"the request has {total} readings; the limit per request is "
@@ -187,7 +188,7 @@ async def get_stream(request: web.Request) -> web.Response:
     model = model_for(request)
     stream = check_stream_id(request.match_info["stream"])
     store = request.app[STORE]
-    raw, pttl = await store.get(store.state_key(model.name, stream))
+    raw, pttl = await store.get(store.state_key(tenant_of(request), model.name, stream))
     if raw is None:
         raise StreamNotFound(_no_stream(model, stream))
     state = StreamState.decode(raw, model.version, model.state_shape, model.output_size)
@@ -199,10 +200,7 @@ async def get_stream(request: web.Request) -> web.Response:
 async def delete_stream(request: web.Request) -> web.Response:
     model = model_for(request)
     stream = check_stream_id(request.match_info["stream"])
-    store = request.app[STORE]
-    key = store.state_key(model.name, stream)
-    request.app[BATCHER].forget(key)  # a write from the cache would fail its guard anyway
-    if not await store.delete(key):
+    if not await request.app[BATCHER].end_stream(tenant_of(request), model.name, stream):
         raise StreamNotFound(_no_stream(model, stream))
     return web.Response(status=204)
 

@@ -19,7 +19,7 @@ from ..core.errors import ModelNotFound
 from ..core.model_stats import triton_statistics
 from ..step.model import ServedModel
 from ..step.plan import Unit, UnitResult
-from .app_keys import BATCHER, METRICS, MODELS, SETTINGS, STORE
+from .app_keys import BATCHER, METRICS, MODELS, SETTINGS, STORE, tenant_of
 from .authn import charge_readings
 from .routes_v1 import json_response, read_body
 from .wire_v2 import HEADER_LENGTH, INPUT, OUTPUT, infer_response, parse_infer
@@ -182,7 +182,15 @@ async def infer(request: web.Request) -> web.Response:
     )
     charge_readings(request, len(parsed.readings))  # a request's steps
     future: asyncio.Future[UnitResult] = asyncio.get_running_loop().create_future()
-    unit = Unit(model, parsed.stream, parsed.readings, future, start=parsed.start, end=parsed.end)
+    unit = Unit(
+        model,
+        parsed.stream,
+        parsed.readings,
+        future,
+        tenant=tenant_of(request),
+        start=parsed.start,
+        end=parsed.end,
+    )
     batcher.submit([unit])
     # shielded as in /v1: a client that goes away does not cancel its queued step
     result = await asyncio.shield(future)

@@ -13,7 +13,7 @@
     ├── StaleSeq                      409     stale_seq (+ current_seq)
     ├── ModelVersionMismatch          409     model_version_mismatch
     ├── PayloadTooLarge               413     payload_too_large
-    ├── QuotaExceeded                 429     quota_exceeded (+ Retry-After)
+    ├── QuotaExceeded                 429     quota_exceeded (+ Retry-After, or max_streams)
     ├── RedisUnavailable              503     redis_unavailable (+ Retry-After)
     └── Overloaded                    503     overloaded (+ Retry-After)
 
@@ -119,16 +119,25 @@ class PayloadTooLarge(ServiceError):
 
 
 class QuotaExceeded(ServiceError):
-    """The tenant's readings per second are spent; ``retry_after_s`` (whole seconds, at least 1)
-    is when the request would fit."""
+    """Over a tenant's quota. Readings per second: ``retry_after_s`` (whole seconds, at least
+    1) is when the request would fit, sent as Retry-After. Live streams (``max_streams``): a
+    stream could not start; not retryable after a delay, as a stream of the tenant has to end or
+    expire first, so the body names the limit and no Retry-After is sent."""
 
     status, code = 429, "quota_exceeded"
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, retry_after_s: int | None = None, max_streams: int | None = None
+    ) -> None:
+        if max_streams is None:
+            super().__init__(message)
+        else:
+            super().__init__(message, max_streams=max_streams)
         self.retry_after_s = retry_after_s
 
     def headers(self) -> dict[str, str]:
+        if self.retry_after_s is None:
+            return {}
         return {"Retry-After": str(self.retry_after_s)}
 
 

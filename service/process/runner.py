@@ -3,7 +3,7 @@
 The shutdown order is aiohttp's: close the listening socket (nothing new is accepted), let every
 request in flight finish (up to ``SHUTDOWN_TIMEOUT_S``), then close the resources in reverse order
 of opening: the batcher answers everything it admitted, then Redis is closed and a private
-redis-server stopped. A second signal while draining changes nothing, so a terminal's Ctrl-C that
+server stopped. A second signal while draining changes nothing, so a terminal's Ctrl-C that
 reaches both a supervisor and its workers cannot cut a drain short. SIGHUP reads the token files
 again (``app.reload_on_signal``).
 """
@@ -126,7 +126,8 @@ def run_server(
     restarted: bool = False,
 ) -> int:
     """Build the app and serve it; the exit status: 0 after a clean stop, 1 when it could not
-    start (a bad model, no redis-server, the port taken), with one line on stderr saying why.
+    start (a bad model, no server for a private Redis, the port taken), with one line on stderr
+    saying why.
     ``restarted``: a supervisor's worker started again after one died, which it counts."""
     metrics = Metrics(multiprocess_dir=metrics_dir)
     if restarted:

@@ -4,7 +4,7 @@ Each worker is a whole service (``runner.run_server``) bound to the port with ``
 the kernel spreads connections over them; any worker serves any stream, since stream state is in
 Redis. The supervisor serves nothing itself. It
 
-- starts the private redis-server once when no ``REDIS_URL`` is given, hands its URL to the
+- starts the private server once when no ``REDIS_URL`` is given, hands its URL to the
   workers, and stops it last, after every worker has drained;
 - points the workers at one ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary directory removed at
   exit, unless the operator set one), so any worker's ``/metrics`` shows the sum of all of them,
@@ -111,13 +111,9 @@ class Supervisor:
         previous = self._install_signal_handlers()
         try:
             if self.settings.redis_url is None:
-                embedded = EmbeddedRedis(self.settings.redis_dir)
+                embedded = EmbeddedRedis(self.settings.redis_dir, self.settings.redis_server)
                 embedded.start()
-                log.info(
-                    "Redis: a private redis-server on 127.0.0.1:%d, data in %s",
-                    embedded.port,
-                    embedded.data_dir,
-                )
+                log.info("Redis: %s", embedded.description)
                 self.settings = dataclasses.replace(self.settings, redis_url=embedded.url)
             # Workers inherit the variable; prometheus_client reads it when they import it.
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)

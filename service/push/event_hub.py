@@ -12,7 +12,11 @@ A connection that follows several streams (multi-stream SSE, WebSocket) has one 
 of its streams is a ``Subscription`` that queues into it, so the bound on waiting events is per
 connection, and one task drains it however many streams it follows. Prefix subscriptions also
 ``watch`` the deployment's new-streams channel (a plain channel, announced once per stream
-generation by the commit script), through the same per-node connection.
+generation by the commit script), through the same per-node connection; a watcher hears only of
+the streams of its own tenant and model.
+
+Streams are named by (tenant, model, stream): the tenant is in every channel name, so two
+tenants' streams of the same id never share a channel or a subscriber.
 """
 
 from __future__ import annotations
@@ -53,11 +57,13 @@ REDISCOVER = _Marker("REDISCOVER")  # new-stream announcements may have been los
 
 
 class NewStream:
-    """A new-streams announcement: ``stream`` of ``model`` began a generation after ``floor``."""
+    """A new-streams announcement: ``stream`` of ``tenant`` and ``model`` began a generation
+    after ``floor``."""
 
-    __slots__ = ("floor", "model", "stream")
+    __slots__ = ("floor", "model", "stream", "tenant")
 
-    def __init__(self, model: str, stream: str, floor: str) -> None:
+    def __init__(self, tenant: str, model: str, stream: str, floor: str) -> None:
+        self.tenant = tenant
         self.model = model
         self.stream = stream
         self.floor = floor
@@ -127,8 +133,15 @@ class Subscription:
     implementation, with one bound, whatever the route."""
 
     def __init__(
-        self, model: str, stream: str, channel: str, mailbox: Mailbox, owns_mailbox: bool
+        self,
+        tenant: str,
+        model: str,
+        stream: str,
+        channel: str,
+        mailbox: Mailbox,
+        owns_mailbox: bool,
     ) -> None:
+        self.tenant = tenant
         self.model = model
         self.stream = stream
         self.channel = channel
@@ -330,7 +343,8 @@ class EventHub:
         self._channel_node: dict[str, _Node] = {}
         self._nodes: dict[str, _Node] = {}
         self._mailboxes: set[Mailbox] = set()
-        self._watchers: set[Mailbox] = set()  # mailboxes told of new streams
+        # mailboxes told of new streams, and the (tenant, model) whose streams they hear of
+        self._watchers: dict[Mailbox, tuple[str, str]] = {}
         self._lock = asyncio.Lock()
         self._closed = False
         # Log reads by subscribers starting or catching up, at most this many at once: a burst
@@ -360,17 +374,19 @@ class EventHub:
         await self.unwatch(mailbox)
 
     async def subscribe(
-        self, model: str, stream: str, mailbox: Mailbox | None = None
+        self, tenant: str, model: str, stream: str, mailbox: Mailbox | None = None
     ) -> Subscription:
-        """A subscription whose channel is subscribed in Redis (confirmed) when this returns;
-        raises RedisUnavailable when Redis cannot be reached. With ``mailbox``, its items go to
-        that connection's queue (and the connection is what counts as a subscriber)."""
+        """A subscription to a stream of ``tenant``, whose channel is subscribed in Redis
+        (confirmed) when this returns; raises RedisUnavailable when Redis cannot be reached.
+        With ``mailbox``, its items go to that connection's queue (and the connection is what
+        counts as a subscriber)."""
         self._check_open()
-        channel = self.store.stream_keys(model, stream).channel
+        channel = self.store.stream_keys(tenant, model, stream).channel
         if mailbox is None:  # a single-stream subscriber: the connection is this subscription
-            sub = Subscription(model, stream, channel, self.open_mailbox("sse", _SSE_HINT), True)
+            own = self.open_mailbox("sse", _SSE_HINT)
+            sub = Subscription(tenant, model, stream, channel, own, True)
         else:
-            sub = Subscription(model, stream, channel, mailbox, False)
+            sub = Subscription(tenant, model, stream, channel, mailbox, False)
         subs = self._subs.get(channel)
         if subs is None:
             subs = self._subs[channel] = set()
@@ -461,14 +477,14 @@ class EventHub:
             if node is not None:
                 await node.unsubscribe(sub.channel)
 
-    async def watch(self, mailbox: Mailbox) -> None:
-        """Queue a ``NewStream`` to ``mailbox`` for every stream generation that begins from now
-        on (and REDISCOVER when announcements may have been lost); the new-streams channel is
-        subscribed (confirmed) when this returns."""
+    async def watch(self, mailbox: Mailbox, tenant: str, model: str) -> None:
+        """Queue a ``NewStream`` to ``mailbox`` for every generation of a stream of ``tenant``
+        and ``model`` that begins from now on (and REDISCOVER when announcements may have been
+        lost); the new-streams channel is subscribed (confirmed) when this returns."""
         self._check_open()
         if mailbox in self._watchers:
             return
-        self._watchers.add(mailbox)
+        self._watchers[mailbox] = (tenant, model)
         channel = self.store.new_streams_channel
         try:
             node = await self._node_for(channel)
@@ -487,7 +503,7 @@ class EventHub:
     async def unwatch(self, mailbox: Mailbox) -> None:
         if mailbox not in self._watchers:
             return
-        self._watchers.discard(mailbox)
+        del self._watchers[mailbox]
         if not self._watchers:
             channel = self.store.new_streams_channel
             node = self._channel_node.pop(channel, None)
@@ -495,13 +511,15 @@ class EventHub:
                 await node.unsubscribe(channel)
 
     def announce(self, message: bytes) -> None:
-        """A new-streams message: tell every watcher."""
+        """A new-streams message: tell every watcher of that stream's tenant and model."""
         parsed = self.store.parse_new_stream(message)
         if parsed is None:
             return
-        item = NewStream(*parsed)
-        for mailbox in list(self._watchers):
-            mailbox.push(None, item)
+        (tenant, model, stream), floor = parsed
+        item = NewStream(tenant, model, stream, floor)
+        for mailbox, scope in list(self._watchers.items()):
+            if scope == (tenant, model):
+                mailbox.push(None, item)
 
     def dispatch(self, channel: str, message: bytes) -> None:
         subs = self._subs.get(channel)

@@ -1,5 +1,5 @@
-"""One subscriber connection following several streams of one model: multi-stream SSE and
-WebSocket share this; only how a message is written differs (a ``Sink``).
+"""One subscriber connection following several streams of one tenant and model: multi-stream SSE
+and WebSocket share this; only how a message is written differs (a ``Sink``).
 
 The connection has one ``Mailbox`` (``event_hub.py``) that every stream it follows queues into,
 and one loop (``Subscriber.run``) drains it, so a connection costs one queue and one task however
@@ -17,7 +17,9 @@ The cursor: ``STREAM~GENERATION-SEQ`` per followed stream, joined by commas, e.g
 ``buoy-7~1795813832977-5,buoy-8~1795813832977-3`` (``~`` and ``,`` never occur in stream ids).
 It names every followed stream, with ``0-0`` for a stream that had no event when it was followed;
 resuming with it continues each stream after its own id, and a stream it does not name is sent
-from the start of its log, so nothing is skipped.
+from the start of its log, so nothing is skipped. Stream ids in a cursor, a list or a prefix are
+always the connection's tenant's: discovery (SCAN and the new-streams channel) never reaches
+another tenant's streams.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ class Subscriber:
         hub: EventHub,
         store: StateStore,
         settings: Settings,
+        tenant: str,
         model: str,
         sink: Sink,
         transport: str,
@@ -131,6 +134,7 @@ class Subscriber:
         self.hub = hub
         self.store = store
         self.settings = settings
+        self.tenant = tenant
         self.model = model
         self.sink = sink
         self.max_streams = settings.subscription_max_streams
@@ -183,7 +187,9 @@ class Subscriber:
     async def _add(self, follow: Follow) -> None:
         self.follows[follow.stream] = follow  # before waiting: discovery must not add it again
         try:
-            follow.sub = await self.hub.subscribe(self.model, follow.stream, self.mailbox)
+            follow.sub = await self.hub.subscribe(
+                self.tenant, self.model, follow.stream, self.mailbox
+            )
         except BaseException:
             self.follows.pop(follow.stream, None)
             raise
@@ -198,8 +204,9 @@ class Subscriber:
             return []
         self.prefixes[prefix] = True
         try:
-            await self.hub.watch(self.mailbox)  # before the scan: no new stream falls between
-            found = await self.store.scan_streams(self.model, prefix, self.max_streams)
+            # before the scan: no new stream falls between
+            await self.hub.watch(self.mailbox, self.tenant, self.model)
+            found = await self.store.scan_streams(self.tenant, self.model, prefix, self.max_streams)
             return await self.follow(found, after, from_start or bool(after), origin=prefix)
         except BaseException:
             del self.prefixes[prefix]
@@ -264,14 +271,16 @@ class Subscriber:
             await self._discovered(payload)
         elif payload is REDISCOVER:
             for prefix in list(self.prefixes):
-                found = await self.store.scan_streams(self.model, prefix, self.max_streams)
+                found = await self.store.scan_streams(
+                    self.tenant, self.model, prefix, self.max_streams
+                )
                 for stream in found:
-                    await self._discovered(NewStream(self.model, stream, ""), prefix)
+                    await self._discovered(NewStream(self.tenant, self.model, stream, ""), prefix)
 
     async def _discovered(self, new: NewStream, prefix: str | None = None) -> None:
         """A stream began (or was found by a new scan): follow it from its first event if a
         prefix of ours matches and it is not followed already."""
-        if new.model != self.model or new.stream in self.follows:
+        if new.tenant != self.tenant or new.model != self.model or new.stream in self.follows:
             return
         matching = [p for p in self.prefixes if new.stream.startswith(p)]
         if not matching:
@@ -310,7 +319,7 @@ class Subscriber:
 
     async def _start(self, follow: Follow) -> None:
         if follow.live:
-            log_key = self.store.stream_keys(self.model, follow.stream).log
+            log_key = self.store.stream_keys(self.tenant, self.model, follow.stream).log
             async with self.hub.log_reads:
                 chunk = await self.store.read_log(log_key, "", 0)
             follow.last = parse_event_id(chunk.last_id, "the log") if chunk.exists else None
@@ -331,7 +340,7 @@ class Subscriber:
 
     async def _catch_up(self, follow: Follow, after: EventId | None) -> None:
         """Send the log's events after ``after`` (None: all of them), saying what it lost."""
-        log_key = self.store.stream_keys(self.model, follow.stream).log
+        log_key = self.store.stream_keys(self.tenant, self.model, follow.stream).log
         follow.last = after
         position = "" if after is None else format_id(after)
         while True:

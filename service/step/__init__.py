@@ -4,7 +4,8 @@ Owns the queue and the natural-batching loop (``batcher``), what a batch does to
 (``plan``), the state record's layout (``record``), every Redis key and Lua script
 (``state_store``), every Redis client and how it follows a failover (``redis_clients``), the
 records this process wrote last (``state_cache``), the onnxruntime models (``model``), the event
-log's encodings (``events``) and counting expired streams (``expiry``).
+log's encodings (``events``) and what follows from expired streams (``expiry``). A stream is named
+by (tenant, model, stream) throughout.
 
 May import: ``core``.
 """

@@ -11,6 +11,12 @@ is in flight, new readings queue, and once as many are queued as it took, a seco
 other streams may start; no timer is involved, so a lone reading waits for nothing but its own
 work. A stream whose write lost a race goes back to the front of the queue and is recomputed from
 the state that won; the other streams of the batch are answered.
+
+A stream is (tenant, model, stream): units are grouped by their state key, which names all three.
+A tenant may have a limit on its live streams (``stream_limit``): a stream that starts a
+generation is counted against it before the batch's model call, with one round trip for all such
+streams of the batch, and refused with ``quota_exceeded`` beyond it; no other step pays anything
+for it (the count and its repair: ``state_store.QUOTA_SCRIPT``).
 """
 
 from __future__ import annotations
@@ -22,12 +28,12 @@ import os
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, cast
 
 import numpy as np
 
-from ..core.errors import Overloaded, ServiceError
+from ..core.errors import Overloaded, QuotaExceeded, ServiceError
 from ..core.metrics import Metrics
 from ..core.model_stats import Tally
 from ..core.settings import Settings
@@ -37,9 +43,9 @@ from .model import ServedModel
 from .plan import Applied, Duplicate, StreamPlan, Unit, UnitResult, plan_stream
 from .record import StreamState, encode_record_packed
 from .state_cache import StateCache
-from .state_store import LogPolicy, StateStore, Write
+from .state_store import LogPolicy, StateStore, StreamId, Write
 
-__all__ = ["Batcher", "Output"]
+__all__ = ["Batcher", "Output", "no_stream_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +84,28 @@ Bucket = tuple[str, tuple[int, ...]]
 # retried forever (it would take a writer advancing the stream between every read and write).
 MAX_ATTEMPTS = 64
 
+# A tenant at its max_streams has its set of live streams checked for streams that are gone (a
+# missed expiry) at most this often per process: the check reads the whole set, and a tenant that
+# keeps asking for new streams at its limit must not make every refusal cost that.
+QUOTA_REPAIR_INTERVAL_S = 10.0
+
+
+def no_stream_limit(tenant: str) -> int | None:
+    """``Batcher.stream_limit`` without quotas: no tenant has a limit."""
+    return None
+
 
 class Batcher:
+    # A tenant's limit on live streams (None: no limit), asked only for streams that start a
+    # generation; whoever knows the tenants' limits sets it.
+    stream_limit: Callable[[str], int | None]
+
     def __init__(self, store: StateStore, settings: Settings, metrics: Metrics) -> None:
         self.store = store
         self.settings = settings
         self.metrics = metrics
+        self.stream_limit = no_stream_limit
+        self._repaired_at: dict[str, float] = {}  # tenant -> when its set was last repaired
         self._queue: deque[Unit] = deque()
         self._queued_readings = 0
         self._wakeup = asyncio.Event()
@@ -115,6 +137,25 @@ class Batcher:
         if self._cache is not None:
             self._cache.drop(key)
 
+    async def end_stream(self, tenant: str, model: str, stream: str) -> bool:
+        """End a stream (DELETE): remove its record, and its place in its tenant's count of
+        live streams if the tenant has a limit, in one round trip; whether it had a record."""
+        key = self.store.state_key(tenant, model, stream)
+        self.forget(key)  # a write from the cache would fail its guard anyway
+        counted = self.stream_limit(tenant) is not None
+        return await self.store.delete(key, tenant if counted else None)
+
+    async def streams_expired(self, streams: Sequence[StreamId]) -> None:
+        """Redis expired these streams' records (the expiry watcher saw it): they leave their
+        tenants' counts of live streams. Raises RedisUnavailable."""
+        gone: dict[str, list[str]] = {}
+        for tenant, model, stream in streams:
+            key = self.store.state_key(tenant, model, stream)
+            self.forget(key)
+            if self.stream_limit(tenant) is not None:
+                gone.setdefault(tenant, []).append(key)
+        await self.store.release_streams(gone)
+
     def submit(self, units: Sequence[Unit]) -> None:
         """Queue units (all or none); raises Overloaded when the queue would exceed its bound."""
         count = sum(len(u.readings) for u in units)
@@ -135,7 +176,7 @@ class Batcher:
         advances one batch at a time.
         """
         in_flight: set[asyncio.Task[None]] = set()
-        busy: set[tuple[str, str]] = set()  # (model, stream) of every batch in flight
+        busy: set[tuple[str, str, str]] = set()  # (tenant, model, stream) of batches in flight
         try:
             while True:
                 batch = self._take(busy) if self._may_start(in_flight) else []
@@ -145,7 +186,7 @@ class Batcher:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                streams = {(u.model.name, u.stream) for u in batch}
+                streams = {(u.tenant, u.model.name, u.stream) for u in batch}
                 busy.update(streams)
                 self._last_batch_readings = sum(len(u.readings) for u in batch)
                 task = asyncio.create_task(self._guarded(batch))
@@ -171,9 +212,9 @@ class Batcher:
 
     def _done(
         self,
-        streams: set[tuple[str, str]],
+        streams: set[tuple[str, str, str]],
         in_flight: set[asyncio.Task[None]],
-        busy: set[tuple[str, str]],
+        busy: set[tuple[str, str, str]],
         task: asyncio.Task[None],
     ) -> None:
         in_flight.discard(task)
@@ -193,7 +234,7 @@ class Batcher:
         self._accepting = False
         self._wakeup.set()
 
-    def _take(self, busy: set[tuple[str, str]]) -> list[Unit]:
+    def _take(self, busy: set[tuple[str, str, str]]) -> list[Unit]:
         """The next batch, in queue order, up to the batch limit, leaving in the queue (in
         order) every unit of a stream that has a batch in flight."""
         batch: list[Unit] = []
@@ -208,7 +249,7 @@ class Batcher:
                 break
             queue.popleft()
             if busy:
-                stream = (unit.model.name, unit.stream)
+                stream = (unit.tenant, unit.model.name, unit.stream)
                 if stream in busy:
                     held.append(unit)
                     continue
@@ -254,7 +295,7 @@ class Batcher:
             if unit.attempts == 1:
                 tally.queued += 1
                 tally.queue_s += started - unit.enqueued_at
-            key = self.store.state_key(name, unit.stream)
+            key = self.store.state_key(unit.tenant, name, unit.stream)
             groups.setdefault(key, []).append(unit)
         # Streams whose last record this process wrote are planned from it (state_cache.py);
         # the others, and any whose plan would answer without writing, are read first. Simple
@@ -318,12 +359,19 @@ class Batcher:
         conflicts: list[Unit] = []
         deferred: list[Unit] = []
         counts: Counter[str] = Counter()
+        starting: list[StreamPlan] = []  # plans that start a generation (max_streams)
         for plan in plans:
             if plan.needs_write:
                 writing.append(plan)
+                if plan.starts:
+                    starting.append(plan)
             else:
                 self._answer(plan, None, counts, tallies)
                 deferred.extend(plan.deferred)
+        if starting or any(len(cols.fresh) for cols in columns):
+            writing, columns = await self._admit(
+                starting, writing, columns, counts, deferred, tallies
+            )
         self._count(counts)
         counts.clear()
         inferring = time.perf_counter()
@@ -353,6 +401,9 @@ class Batcher:
             return
 
         cached_outcomes: Counter[str] = Counter()  # lstm_state_cache_total's hit and stale
+        # Streams that ended, of tenants with a limit: answered once their tenant's count has
+        # let them go, so that a client told its stream ended may start another at once.
+        ending: list[StreamPlan] = []
         n = len(writing)
         for plan, write, outcome in zip(writing, writes[:n], written[:n], strict=True):
             if self._landed(
@@ -365,7 +416,10 @@ class Batcher:
                 conflicts,
                 tallies,
             ):
-                self._answer(plan, outputs[id(plan)].y, counts, tallies)
+                if plan.ends and self.stream_limit(plan.units[0].tenant) is not None:
+                    ending.append(plan)
+                else:
+                    self._answer(plan, outputs[id(plan)].y, counts, tallies)
             deferred.extend(plan.deferred)
         at = n
         for cols, out in zip(columns, column_outputs, strict=True):
@@ -385,12 +439,146 @@ class Batcher:
             ]
             at += len(cols)
             self._answer_columns(cols, out[0], answered, counts, tallies)
+        if ending:
+            await self._release_ended(ending)
+            for plan in ending:
+                self._answer(plan, outputs[id(plan)].y, counts, tallies)
         for result, times in cached_outcomes.items():
             self._cache_results[result].inc(times)
         self._count(counts)
         self._requeue(deferred, contended=False)
         self._requeue(conflicts)
         self._record_stats(tallies, started, (inferring, inferred))
+
+    async def _release_ended(self, plans: list[StreamPlan]) -> None:
+        """Take streams that ended (v2's sequence_end) out of their tenants' counts of live
+        streams: one round trip. Their end stands if Redis does not answer: the counts keep
+        them until a repair (``state_store.QUOTA_SCRIPT``)."""
+        ended: dict[str, list[str]] = {}
+        for plan in plans:
+            ended.setdefault(plan.units[0].tenant, []).append(plan.key)
+        try:
+            await self.store.release_streams(ended)
+        except ServiceError as exc:
+            log.warning("%d ended streams stay counted against their limit: %s", len(plans), exc)
+
+    async def _admit(
+        self,
+        starting: list[StreamPlan],
+        writing: list[StreamPlan],
+        columns: list[Columns],
+        counts: Counter[str],
+        deferred: list[Unit],
+        tallies: dict[str, Tally],
+    ) -> tuple[list[StreamPlan], list[Columns]]:
+        """Count the streams that start a generation against their tenant's ``stream_limit``
+        (one round trip, only when one of them has a limit) and answer those refused, or those
+        whose count Redis did not take; returns the plans and columns left to run."""
+        limits: dict[str, int | None] = {}
+        asks: dict[str, tuple[int, list[str]]] = {}
+        names: dict[str, str] = {}  # state key -> stream id, for the refusals' messages
+
+        def ask(tenant: str, key: str, stream: str) -> None:
+            if tenant not in limits:
+                limits[tenant] = self.stream_limit(tenant)
+            limit = limits[tenant]
+            if limit is not None:
+                asks.setdefault(tenant, (limit, []))[1].append(key)
+                names[key] = stream
+
+        for plan in starting:
+            ask(plan.units[0].tenant, plan.key, plan.stream)
+        for cols in columns:
+            for i in cols.fresh.tolist():
+                ask(cols.units[i][0].tenant, cols.keys[i], cols.units[i][0].stream)
+        if not asks:
+            return writing, columns
+        error: ServiceError | None = None
+        try:
+            refused = await self.store.admit_streams(asks)
+        except ServiceError as exc:  # Redis did not answer: none of them may start now
+            error, refused = exc, set(names)
+        else:
+            if refused:
+                try:
+                    refused = await self._repair(asks, refused)
+                except ServiceError as exc:  # the refusals stand
+                    log.warning("the count of live streams was not repaired: %s", exc)
+        if not refused:
+            return writing, columns
+
+        def refusal(units: list[Unit], key: str) -> ServiceError:
+            if error is not None:
+                return error
+            tenant = units[0].tenant
+            limit = limits[tenant]
+            assert limit is not None
+            return QuotaExceeded(
+                f"tenant {tenant!r} has {limit} live streams, as many as its max_streams "
+                f"allows: stream {names[key]!r} cannot start; end a stream (DELETE, or v2's "
+                "sequence_end) or let one expire, then retry",
+                max_streams=limit,
+            )
+
+        kept = []
+        for plan in writing:
+            if plan.key not in refused:
+                kept.append(plan)
+                continue
+            failure = refusal(plan.units, plan.key)
+            if error is not None:
+                self._fail(plan.units, failure, tallies)
+            else:
+                _refuse(plan, failure)
+                self._answer(plan, None, counts, tallies)
+            deferred.extend(plan.deferred)
+        left = []
+        for cols in columns:
+            rows = []
+            for i, key in enumerate(cols.keys):
+                if key not in refused:
+                    rows.append(i)
+                    continue
+                units = cols.units[i]
+                failure = refusal(units, key)
+                if error is not None:
+                    self._fail(units, failure, tallies)
+                    continue
+                counts["rejected"] += sum(len(u.readings) for u in units)
+                tally = tallies[cols.model.name]
+                now = time.perf_counter()
+                for unit in units:
+                    tally.fail += 1
+                    tally.fail_s += now - unit.enqueued_at
+                    _resolve(unit, error=failure)
+            if len(rows) == len(cols):
+                left.append(cols)
+            else:
+                remaining = cols.select(rows)
+                if remaining is not None:
+                    left.append(remaining)
+        return kept, left
+
+    async def _repair(self, asks: dict[str, tuple[int, list[str]]], refused: set[str]) -> set[str]:
+        """Some streams were refused at their tenant's limit: where the tenant's set was not
+        repaired in the last ``QUOTA_REPAIR_INTERVAL_S``, drop its streams that are gone (a
+        missed expiry) and ask again for its refused ones. Returns the keys still refused."""
+        now = time.monotonic()
+        again: dict[str, tuple[int, list[str]]] = {}
+        for tenant, (limit, keys) in asks.items():
+            theirs = [key for key in keys if key in refused]
+            last = self._repaired_at.get(tenant)
+            if not theirs or (last is not None and now - last < QUOTA_REPAIR_INTERVAL_S):
+                continue
+            self._repaired_at[tenant] = now
+            dropped = await self.store.prune_streams(tenant)
+            if dropped:
+                log.info("tenant %r: %d streams that are gone left its count", tenant, dropped)
+                again[tenant] = (limit, theirs)
+        if not again:
+            return refused
+        asked = {key for _, keys in again.values() for key in keys}
+        return (refused - asked) | await self.store.admit_streams(again)
 
     def _landed(
         self,
@@ -601,7 +789,7 @@ class Batcher:
             )
             writes.append(
                 Write(
-                    stream_keys(model.name, units[0].stream),
+                    stream_keys(units[0].tenant, model.name, units[0].stream),
                     guard,
                     buffer[i * size : (i + 1) * size],
                     events,
@@ -679,7 +867,7 @@ class Batcher:
             output.y_bytes[last.first * row : (last.first + last.count) * row],
         )
         return Write(
-            self.store.stream_keys(plan.model.name, plan.stream),
+            self.store.stream_keys(plan.units[0].tenant, plan.model.name, plan.stream),
             guard,
             record,
             events,
@@ -762,6 +950,21 @@ class Batcher:
         self.metrics.queue_readings.set(self._queued_readings)
         if keep:
             self._wakeup.set()
+
+
+def _refuse(plan: StreamPlan, error: ServiceError) -> None:
+    """A plan whose stream may not start: its units that would run fail with ``error``, as does
+    a retry of one of them within the batch; it writes nothing."""
+    plan.outcomes = [
+        error
+        if type(o) is Applied
+        or (isinstance(o, Duplicate) and any(isinstance(h, int) for _, h in o.held))
+        else o
+        for o in plan.outcomes
+    ]
+    plan.steps = []
+    plan.last_applied = None
+    plan.ends = False
 
 
 def _bucket(units: list[Unit]) -> Bucket:

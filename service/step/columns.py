@@ -42,11 +42,13 @@ class Columns:
     the compare-and-set guard, ``b""`` for a new stream); ``generation`` and ``last`` (the last
     applied seq, 0 for a new stream) are ``[B]``, ``seqs`` the assigned seqs ``[B, steps]``,
     ``x64`` the values as sent ``[B, steps, inputs]`` float64, ``h0``/``c0`` the state
-    ``[layers, B, hidden]`` float32.
+    ``[layers, B, hidden]`` float32; ``fresh`` the indices of the new streams (which start a
+    generation, so their tenant's ``max_streams`` counts them), usually none.
     """
 
     __slots__ = (
         "c0",
+        "fresh",
         "generation",
         "guards",
         "h0",
@@ -73,6 +75,7 @@ class Columns:
         x64: np.ndarray,
         h0: np.ndarray,
         c0: np.ndarray,
+        fresh: np.ndarray,
     ) -> None:
         self.model = model
         self.shape = shape
@@ -86,6 +89,7 @@ class Columns:
         self.x64 = x64
         self.h0 = h0
         self.c0 = c0
+        self.fresh = fresh
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -109,6 +113,28 @@ class Columns:
             np.concatenate([p.x64 for p in parts]),
             np.concatenate([p.h0 for p in parts], axis=1),
             np.concatenate([p.c0 for p in parts], axis=1),
+            np.concatenate([p.fresh + at for p, at in zip(parts, _offsets(parts), strict=True)]),
+        )
+
+    def select(self, rows: list[int]) -> Columns | None:
+        """The same columns for the streams at ``rows`` only (None if there are none): what
+        remains when some streams may not start (their tenant is at its ``max_streams``)."""
+        if not rows:
+            return None
+        take = np.asarray(rows, np.intp)
+        return Columns(
+            self.model,
+            self.shape,
+            [self.keys[i] for i in rows],
+            [self.units[i] for i in rows],
+            [self.guards[i] for i in rows],
+            self.generation[take],
+            self.last[take],
+            self.seqs[take],
+            self.x64[take],
+            self.h0[:, take],
+            self.c0[:, take],
+            np.flatnonzero(np.isin(take, self.fresh)),
         )
 
     def records(
@@ -195,8 +221,8 @@ def columns_of(
         raws = [raws[i] for i in chosen]
     generation = heads["generation"].astype(np.int64)
     guards = [b"" if r is None else r[:16] for r in raws]
-    if not exists.all():
-        fresh = np.flatnonzero(~exists)
+    fresh = np.flatnonzero(~exists)
+    if len(fresh):
         generation[fresh] = [new_generation() for _ in range(len(fresh))]
     x64 = np.array(
         [r.values for stream in units for u in stream for r in u.readings], np.float64
@@ -204,6 +230,15 @@ def columns_of(
     h0 = np.ascontiguousarray(heads["h"].transpose(1, 0, 2))
     c0 = np.ascontiguousarray(heads["c"].transpose(1, 0, 2))
     columns = Columns(
-        model, shape, list(keys), list(units), guards, generation, last, seqs, x64, h0, c0
+        model, shape, list(keys), list(units), guards, generation, last, seqs, x64, h0, c0, fresh
     )
     return columns, left
+
+
+def _offsets(parts: list[Columns]) -> list[int]:
+    """Where each part's streams begin in the merged columns."""
+    at, offsets = 0, []
+    for part in parts:
+        offsets.append(at)
+        at += len(part)
+    return offsets

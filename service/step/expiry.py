@@ -1,10 +1,14 @@
-"""Counting streams that expired: Redis keyspace notifications for expired state keys.
+"""Streams that expired: Redis keyspace notifications for expired state keys.
 
-Idle streams end by Redis TTL, which no request sees, so the count comes from Redis itself: with
-``notify-keyspace-events`` holding ``K`` (keyspace channels) and ``x`` (expired events), Redis
-publishes ``expired`` on ``__keyspace@<db>__:<key>`` when it removes a key. One pattern
-subscription per served model (the pattern comes from the state store, which owns the key layout)
-filters on the server, so another deployment's keys in a shared Redis cost nothing.
+Idle streams end by Redis TTL, which no request sees, so what follows from an expiry is learnt
+from Redis itself: with ``notify-keyspace-events`` holding ``K`` (keyspace channels) and ``x``
+(expired events), Redis publishes ``expired`` on ``__keyspace@<db>__:<key>`` when it removes a
+key. Pattern subscriptions per served model (the patterns come from the state store, which owns
+the key layout: one for the default tenant's keys, one for every other tenant's) filter on the
+server, so another deployment's keys in a shared Redis cost nothing. Each expired key is mapped to
+its stream (tenant, model, stream): it counts into ``lstm_streams_expired_total{model}`` (every
+tenant's streams alike), and the streams are handed to ``on_expired`` (the batcher, which takes
+them out of their tenants' counts of live streams), the messages waiting at once together.
 
 Limits, said in the metric's help and the README too:
 
@@ -14,7 +18,9 @@ Limits, said in the metric's help and the README too:
   the primary the sentinels name (found again after a failover), or each primary of a cluster
   (listed again whenever a watch's connection fails, as a replica may have taken over its slots,
   and every 15 s from the client's slot map, which finds primaries added later).
-- Pub/sub does not queue: expiries while the watcher is disconnected are not counted.
+- Pub/sub does not queue: expiries while the watcher is disconnected are not counted (nor taken
+  out of a tenant's count of live streams: the count repairs itself at its limit, see
+  ``state_store.QUOTA_SCRIPT``).
 - When ``notify-keyspace-events`` lacks the flags, the watcher sets them with ``CONFIG SET`` (on a
   shared server that is a change for everyone; a restarted server forgets it, and a promoted
   replica never had it, so it is redone on every connection). Where ``CONFIG`` is refused
@@ -27,13 +33,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
+from ..core.errors import ServiceError
 from ..core.metrics import Metrics
 from .redis_clients import ClientFactory, RedisClients
+from .state_store import StreamId
 
 __all__ = ["ExpiryWatcher", "with_expired_flags"]
 
@@ -45,6 +54,9 @@ _SETTING = "notify-keyspace-events"
 _BACKOFF_MIN_S = 0.25
 _BACKOFF_MAX_S = 4.0
 _RELIST_S = 15.0  # how often the primaries are listed again while every watch holds
+# Expiries handled together at most: those waiting when one arrives (a burst of streams that
+# went idle together costs one call of on_expired per this many, not one each).
+_EXPIRIES_PER_CALL = 512
 
 
 def with_expired_flags(flags: str) -> str:
@@ -57,19 +69,26 @@ def with_expired_flags(flags: str) -> str:
 
 
 class ExpiryWatcher:
-    """Counts expiries of state keys into ``lstm_streams_expired_total{model}``.
+    """Counts expiries of state keys into ``lstm_streams_expired_total{model}`` and hands the
+    expired streams to ``on_expired``.
 
-    ``key_globs`` maps a glob that matches a model's state keys to that model's name.
+    ``key_globs`` match the state keys to watch (the served models'); ``parse_key`` maps a state
+    key to its stream. A failure of ``on_expired`` (Redis did not answer) is logged and the
+    watching goes on.
     """
 
     def __init__(
         self,
         clients: RedisClients,
-        key_globs: Mapping[str, str],
+        key_globs: Sequence[str],
+        parse_key: Callable[[str], StreamId | None],
         metrics: Metrics,
+        on_expired: Callable[[Sequence[StreamId]], Awaitable[None]] | None = None,
     ) -> None:
         self._clients = clients
-        self._globs = dict(key_globs)
+        self._globs = list(key_globs)
+        self._parse_key = parse_key
+        self._on_expired = on_expired
         self._metrics = metrics
         self._warned_config = False
         self._stopping = False
@@ -145,23 +164,53 @@ class ExpiryWatcher:
         try:
             await self._enable_notifications(client)
             db = int(client.connection_pool.connection_kwargs.get("db", 0))
-            patterns = {f"__keyspace@{db}__:{glob}": m for glob, m in self._globs.items()}
-            await pubsub.psubscribe(*patterns)
+            channel_head = f"__keyspace@{db}__:"
+            await pubsub.psubscribe(*(channel_head + glob for glob in self._globs))
             held = True
             while not self._stopping:
                 message = await pubsub.get_message(timeout=10.0)
-                if message is not None and message["data"] in (b"expired", "expired"):
-                    pattern = message["pattern"]
-                    pattern = pattern.decode() if isinstance(pattern, bytes) else pattern
-                    model = patterns.get(pattern)
-                    if model is not None:
-                        self._metrics.streams_expired.labels(model).inc()
+                expired: list[StreamId] = []
+                while message is not None:
+                    stream = self._expired_stream(message, channel_head)
+                    if stream is not None:
+                        expired.append(stream)
+                    if len(expired) >= _EXPIRIES_PER_CALL:
+                        break
+                    message = await pubsub.get_message(timeout=0.0)  # those waiting
+                if expired:
+                    await self._expired(expired)
         except (RedisError, OSError) as exc:
             log.debug("expiry watcher: Redis did not answer (%s)", type(exc).__name__)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
             await client.aclose()
         return held
+
+    def _expired_stream(self, message: dict[str, Any], channel_head: str) -> StreamId | None:
+        """The stream whose state key a keyspace message says expired, if it says that."""
+        if message.get("type") != "pmessage" or message["data"] not in (b"expired", "expired"):
+            return None
+        channel = message["channel"]
+        channel = channel.decode() if isinstance(channel, bytes) else channel
+        if not channel.startswith(channel_head):
+            return None
+        return self._parse_key(channel[len(channel_head) :])
+
+    async def _expired(self, streams: list[StreamId]) -> None:
+        for stream in streams:
+            self._metrics.streams_expired.labels(stream.model).inc()
+        if self._on_expired is None:
+            return
+        try:
+            await self._on_expired(streams)
+        except ServiceError as exc:
+            log.warning(
+                "%d expired streams stay counted against their tenants' limits: %s",
+                len(streams),
+                exc,
+            )
+        except Exception:  # a bug: the watching goes on
+            log.exception("could not hand on %d expired streams", len(streams))
 
     async def _enable_notifications(self, client: Redis) -> None:
         try:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..core.errors import ModelVersionMismatch, ServiceError, StaleSeq
+from ..core.ids import DEFAULT_TENANT
 from .model import ServedModel
 from .record import StreamState
 
@@ -69,8 +70,9 @@ class Ticket:
 class Unit:
     """The readings of one stream from one request: applied together or not at all.
 
-    ``start``: the stream begins a new generation from zero state with these readings (v2's
-    ``sequence_start``); ``end``: the stream ends after them (``sequence_end``).
+    ``tenant``, ``model`` and ``stream`` name the stream. ``start``: the stream begins a new
+    generation from zero state with these readings (v2's ``sequence_start``); ``end``: the stream
+    ends after them (``sequence_end``).
 
     A unit's answer goes to its ``future``, which its request awaits. The units of a bulk request
     have none: their answers are kept in ``outcome`` (a result or an error) and the request
@@ -81,6 +83,7 @@ class Unit:
     stream: str
     readings: list[Reading]
     future: asyncio.Future[UnitResult] | None
+    tenant: str = DEFAULT_TENANT
     enqueued_at: float = field(default_factory=time.perf_counter)
     attempts: int = 0
     ticket: Ticket | None = None
@@ -119,6 +122,7 @@ class StreamPlan:
     steps: list[Reading] = field(default_factory=list)  # readings to run, seq assigned
     outcomes: list[Outcome] = field(default_factory=list)
     last_applied: Applied | None = None  # the unit whose results the record will hold
+    starts: bool = False  # the stream starts a new generation (its tenant's max_streams counts it)
     ends: bool = False  # the last applied unit ends the stream: the record keeps no state
     # Units of this stream left for the next batch: everything after a unit that ends the stream,
     # and a unit that starts a new generation after steps of the current one (one record write
@@ -156,6 +160,7 @@ def plan_stream(
     live = state is not None and state.h is not None and not state.ended
     if state is None:
         plan = StreamPlan(model, stream, key, units, b"", new_generation(), zeros, zeros)
+        plan.starts = True
         last, held = 0, {}
     elif not live or (head.start and not _repeats([r.seq for r in head.readings], state)):
         mismatch = not live and not state.ended  # a record of another model version
@@ -168,6 +173,7 @@ def plan_stream(
         ended = state if state.ended else None
         generation = max(new_generation(), state.generation + 1)
         plan = StreamPlan(model, stream, key, units, state.guard, generation, zeros, zeros)
+        plan.starts = True
         last, held = 0, {}
     else:
         # A live stream; a first unit with ``start`` that repeats its last request is a retry.

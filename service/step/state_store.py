@@ -6,9 +6,14 @@ write's last event id (``{generation}-{seq}``) and which holds all the write's e
 several steps in the live message's encoding (``events.log_append_packed``), a write of one step
 in five short fields; logs written before entries were per write hold one entry per step, and
 every form is read alike (``events.log_events``). The log's bound counts events; the entry forms,
-how the bound is kept, and when the age bound is applied are said above ``_LOG_LUA``. Keys carry
-a Redis Cluster hash tag per stream (``{model:stream}``), so a stream's record, log and channel
-share a slot.
+how the bound is kept, and when the age bound is applied are said above ``_LOG_LUA``.
+
+A stream is named by (tenant, model, stream). Its keys carry a Redis Cluster hash tag per stream,
+so its record, log and channel share a slot: ``{prefix}:{model:stream}:state`` for the default
+tenant (the layout of before tenants, so existing streams are the default tenant's), and
+``{prefix}:{tenant/model:stream}:state`` for any other (``/`` occurs in no tenant, model or stream
+name, so one tenant's globs never match another's keys). A tenant with a ``max_streams`` limit
+also has a set of its live streams, ``{prefix}:{tenant}:streams`` (``QUOTA_SCRIPT``).
 
 A batch reads every state with one MGET and writes every stream with one call of
 ``COMMIT_SCRIPT``, which compares each stream's guard (generation and seq) before it sets the new
@@ -22,7 +27,7 @@ import hashlib
 import os
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -33,16 +38,19 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ..core.errors import RedisUnavailable
+from ..core.ids import DEFAULT_TENANT
 from ..core.metrics import Metrics
 from .redis_clients import RedisClients
 
 __all__ = [
     "COMMIT_SCRIPT",
     "LOG_SCRIPT",
+    "QUOTA_SCRIPT",
     "LogAppend",
     "LogChunk",
     "LogPolicy",
     "StateStore",
+    "StreamId",
     "StreamKeys",
     "Write",
 ]
@@ -149,7 +157,9 @@ end
 # reader holding an id from an earlier life of the log learns that whatever followed it is gone.
 # A write that starts a new generation (guard "") also publishes "{state key}\n{floor id}" on the
 # plain channel "{prefix}:new-streams" (StateStore.new_streams_channel), so that a prefix
-# subscriber learns of a stream it has not seen: once per generation, never per step.
+# subscriber learns of a stream it has not seen: once per generation, never per step. The state
+# key names the stream's tenant (StateStore.parse_new_stream), so one channel serves every tenant
+# and a subscriber hears only of its own tenant's streams.
 # Returns per stream 1 (written), 0 (guard differed: someone else advanced or ended the stream) or
 # the log's last generation as a string (generation too old).
 COMMIT_SCRIPT = (
@@ -417,7 +427,74 @@ return {1, last, deleted, entries, more}
 # first, and a node that lacks it is sent the script itself (``StateStore.commit_many``).
 _COMMIT_SHA = hashlib.sha1(COMMIT_SCRIPT.encode()).hexdigest()
 
+# Live streams per tenant (max_streams). A tenant with a limit has a set of the state keys of its
+# live streams, "{prefix}:{tenant}:streams": in a slot of its own, not its streams', so it is
+# never part of a stream's script call. A stream joins it when it starts a generation (a new
+# stream; after an end, DELETE or expiry; v2's sequence_start): the batcher sends one call of this
+# script per tenant, for all of the tenant's new generations in the batch, in one round trip (per
+# node on a cluster), and only when the batch has such streams. No other step touches the set.
+# It leaves the set when it ends (DELETE, v2's sequence_end) or expires (the expiry watcher).
+#
+# The set may drift from the streams that exist; how far, and how it comes back:
+# - too many members (the limit bites early): an expiry the watcher missed (pub/sub does not
+#   queue; no watcher runs while the service is down), a removal that failed with Redis, a
+#   stream admitted whose first write then failed. Repaired at the limit: when a new generation
+#   is refused, the members whose state key no longer exists are dropped (PRUNE_SCRIPT on a
+#   standalone Redis; on a cluster EXISTS per member, pipelined per node, then SREM) and the
+#   refused streams are asked for again. A process does that at most once per tenant per
+#   repair interval (batcher.py), so a tenant that keeps hitting its limit cannot make every
+#   refusal cost a read of the whole set; between repairs a refusal costs the one call.
+# - too few members (the limit bites late): a stream that ends or expires on one replica while
+#   another starts it again in the same milliseconds (the removal can land after the new
+#   generation's admission), and, on a cluster or when a repair runs while another process has
+#   admitted a stream but not yet written it, a member dropped as dead that just came to life.
+#   Each such stream goes uncounted until it ends; the count is off by at most the generations
+#   started in those instants. A limit set for a tenant whose streams are already live counts
+#   them as they start their next generation.
+#
+# KEYS[1]: the tenant's set; ARGV[1]: its limit; ARGV[2..]: state keys of streams starting a
+# generation. Returns per stream 1 (admitted: already a member, or added within the limit) or 0
+# (refused: the set is at the limit; nothing is added).
+QUOTA_SCRIPT = """
+local limit = tonumber(ARGV[1])
+local count = redis.call('SCARD', KEYS[1])
+local admitted = {}
+for i = 2, #ARGV do
+  if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 then
+    admitted[i - 1] = 1
+  elseif count < limit then
+    redis.call('SADD', KEYS[1], ARGV[i])
+    count = count + 1
+    admitted[i - 1] = 1
+  else
+    admitted[i - 1] = 0
+  end
+end
+return admitted
+"""
+
+# The repair of a tenant's set on a standalone Redis: KEYS[1] the set, KEYS[2..] its members
+# (state keys, read just before). Drops each member whose state key does not exist, in one atomic
+# step, so a stream written meanwhile is not dropped; returns how many were dropped.
+PRUNE_SCRIPT = """
+local dropped = 0
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    dropped = dropped + redis.call('SREM', KEYS[1], KEYS[i])
+  end
+end
+return dropped
+"""
+
 T = TypeVar("T")
+
+
+class StreamId(NamedTuple):
+    """What names a stream: its tenant, its model and its id."""
+
+    tenant: str
+    model: str
+    stream: str
 
 
 class StreamKeys(NamedTuple):
@@ -495,22 +572,58 @@ class StateStore:
         self.clients = RedisClients(url, timeout_s, self._options)
         self._commit_sha: str | None = None
 
-    def _tag(self, model: str, stream: str) -> str:
+    # -- key names ---------------------------------------------------------------------------
+    # On the hot path a key is built once per stream per batch: one comparison of short strings
+    # and one f-string, as before tenants.
+
+    def _tag(self, tenant: str, model: str, stream: str) -> str:
         """What every key of a stream starts with: the prefix and the cluster hash tag."""
-        return f"{self.prefix}:{{{model}:{stream}}}"
+        if tenant == DEFAULT_TENANT:
+            return f"{self.prefix}:{{{model}:{stream}}}"
+        return f"{self.prefix}:{{{tenant}/{model}:{stream}}}"
 
-    def state_key(self, model: str, stream: str) -> str:
-        return f"{self._tag(model, stream)}:state"
+    def state_key(self, tenant: str, model: str, stream: str) -> str:
+        if tenant == DEFAULT_TENANT:
+            return f"{self.prefix}:{{{model}:{stream}}}:state"
+        return f"{self.prefix}:{{{tenant}/{model}:{stream}}}:state"
 
-    def stream_keys(self, model: str, stream: str) -> StreamKeys:
-        tag = self._tag(model, stream)
+    def stream_keys(self, tenant: str, model: str, stream: str) -> StreamKeys:
+        tag = self._tag(tenant, model, stream)
         return StreamKeys(f"{tag}:state", f"{tag}:events", f"{tag}:live")
 
-    def state_key_glob(self, model: str) -> str:
-        """A Redis glob matching the state keys of every stream of ``model`` and nothing else
-        (model names and stream ids hold no glob characters; the prefix may)."""
-        prefix = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
-        return f"{prefix}:{{{model}:*}}:state"
+    def _glob_prefix(self) -> str:
+        """The prefix with Redis glob characters escaped (model, tenant and stream names hold
+        none; a prefix may)."""
+        return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
+
+    @staticmethod
+    def _namespace(tenant: str) -> str:
+        """What a tenant's keys hold before the model inside the hash tag."""
+        return "" if tenant == DEFAULT_TENANT else f"{tenant}/"
+
+    def state_key_glob(self, tenant: str, model: str) -> str:
+        """A Redis glob matching the state keys of every stream of ``tenant`` and ``model`` and
+        nothing else."""
+        return f"{self._glob_prefix()}:{{{self._namespace(tenant)}{model}:*}}:state"
+
+    def state_key_globs(self, model: str) -> tuple[str, str]:
+        """Redis globs that together match the state keys of every stream of ``model``, of
+        every tenant, and nothing else: the default tenant's, and any other's (which alone
+        have a ``/`` in the hash tag)."""
+        prefix = self._glob_prefix()
+        return f"{prefix}:{{{model}:*}}:state", f"{prefix}:{{*/{model}:*}}:state"
+
+    def parse_state_key(self, key: str) -> StreamId | None:
+        """The stream a state key names; None if it is not one of this prefix's state keys."""
+        head, tail = f"{self.prefix}:{{", "}:state"
+        if not (key.startswith(head) and key.endswith(tail)):
+            return None
+        return _stream_id(key[len(head) : -len(tail)])
+
+    def tenant_streams_key(self, tenant: str) -> str:
+        """The set of a tenant's live streams (their state keys), kept for a tenant with a
+        ``max_streams`` limit (``QUOTA_SCRIPT``)."""
+        return f"{self.prefix}:{{{tenant}}}:streams"
 
     async def close(self) -> None:
         await self.clients.aclose()
@@ -722,22 +835,21 @@ class StateStore:
         """The plain channel COMMIT_SCRIPT announces every new stream generation on."""
         return f"{self.prefix}:new-streams"
 
-    def parse_new_stream(self, message: bytes) -> tuple[str, str, str] | None:
-        """(model, stream, floor id) from a new-streams message; None if it is not one."""
+    def parse_new_stream(self, message: bytes) -> tuple[StreamId, str] | None:
+        """(the stream, its floor id) from a new-streams message; None if it is not one."""
         key, _, floor = message.decode("utf-8", "replace").partition("\n")
-        head, tail = f"{self.prefix}:{{", "}:state"
-        if not (key.startswith(head) and key.endswith(tail)):
-            return None
-        model, sep, stream = key[len(head) : -len(tail)].partition(":")  # models have no ":"
-        return (model, stream, floor) if sep else None
+        stream = self.parse_state_key(key)
+        return None if stream is None else (stream, floor)
 
-    async def scan_streams(self, model: str, stream_prefix: str, limit: int) -> list[str]:
-        """Streams of ``model`` whose id starts with ``stream_prefix`` that have state or an
-        event log, found with SCAN on every primary; at most ``limit + 1`` of them, so a caller
-        can tell that there are more than ``limit``."""
-        escape = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
-        pattern = f"{escape}:{{{model}:{stream_prefix}*}}:*"
-        head = f"{self.prefix}:{{{model}:"
+    async def scan_streams(
+        self, tenant: str, model: str, stream_prefix: str, limit: int
+    ) -> list[str]:
+        """Streams of ``tenant`` and ``model`` whose id starts with ``stream_prefix`` that have
+        state or an event log, found with SCAN on every primary; at most ``limit + 1`` of them,
+        so a caller can tell that there are more than ``limit``."""
+        namespace = self._namespace(tenant)
+        pattern = f"{self._glob_prefix()}:{{{namespace}{model}:{stream_prefix}*}}:*"
+        head = f"{self.prefix}:{{{namespace}{model}:"
 
         async def scan(client: Redis | RedisCluster) -> list[str]:
             found: set[str] = set()
@@ -766,11 +878,102 @@ class StateStore:
 
         return await self._call("scan", scan)
 
-    async def delete(self, key: str) -> bool:
+    async def _each(
+        self, client: Redis | RedisCluster, commands: Sequence[tuple[str, tuple[Any, ...]]]
+    ) -> list[Any]:
+        """Independent ``(key, command)``s in one round trip (one per node on a cluster, where a
+        failed node fails only its own: ``RedisClients.node_pipelines``); raises the first
+        error."""
+        if isinstance(client, Redis):
+            async with client.pipeline(transaction=False) as pipe:
+                for _, command in commands:
+                    pipe.execute_command(*command)
+                return list(await pipe.execute())
+        replies = await self.clients.node_pipelines(client, commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def delete(self, key: str, tenant: str | None = None) -> bool:
+        """Remove a stream's record; whether it had one. With ``tenant``, the stream also leaves
+        that tenant's set of live streams, in the same round trip (per node)."""
+
         async def delete(client: Redis | RedisCluster) -> bool:
-            return bool(await client.delete(key))
+            if tenant is None:
+                return bool(await client.delete(key))
+            streams = self.tenant_streams_key(tenant)
+            deleted, _ = await self._each(
+                client, [(key, ("DEL", key)), (streams, ("SREM", streams, key))]
+            )
+            return bool(deleted)
 
         return await self._call("delete", delete)
+
+    # -- live streams per tenant (max_streams; QUOTA_SCRIPT) ----------------------------------
+
+    async def admit_streams(self, asks: Mapping[str, tuple[int, Sequence[str]]]) -> set[str]:
+        """Count streams that start a generation against their tenant's limit: ``asks`` maps a
+        tenant to (its limit, the state keys of its streams starting one). One script call per
+        tenant, all in one round trip (per node). Returns the keys refused."""
+
+        async def admit(client: Redis | RedisCluster) -> list[Any]:
+            calls = []
+            for tenant, (limit, keys) in asks.items():
+                streams = self.tenant_streams_key(tenant)
+                calls.append((streams, ("EVAL", QUOTA_SCRIPT, 1, streams, limit, *keys)))
+            return await self._each(client, calls)
+
+        replies = await self._call("quota", admit)
+        refused: set[str] = set()
+        for (_, keys), flags in zip(asks.values(), replies, strict=True):
+            refused.update(key for key, flag in zip(keys, flags, strict=True) if not flag)
+        return refused
+
+    async def release_streams(self, keys: Mapping[str, Sequence[str]]) -> None:
+        """Take ended or expired streams out of their tenant's set: ``keys`` maps a tenant to
+        state keys. One SREM per tenant, in one round trip (per node)."""
+        if not keys:
+            return
+
+        async def release(client: Redis | RedisCluster) -> None:
+            calls = []
+            for tenant, members in keys.items():
+                streams = self.tenant_streams_key(tenant)
+                calls.append((streams, ("SREM", streams, *members)))
+            await self._each(client, calls)
+
+        await self._call("quota", release)
+
+    async def prune_streams(self, tenant: str) -> int:
+        """Drop from a tenant's set the streams whose state key no longer exists (the repair
+        said above ``QUOTA_SCRIPT``); how many were dropped."""
+        key = self.tenant_streams_key(tenant)
+
+        async def prune(client: Redis | RedisCluster) -> int:
+            members = [_text(m) for m in await client.smembers(key)]
+            if not members:
+                return 0
+            if isinstance(client, Redis):
+                return int(await client.eval(PRUNE_SCRIPT, 1 + len(members), key, *members))
+            # A cluster: the members live in other slots than the set, so no script sees both.
+            found = await self._each(client, [(m, ("EXISTS", m)) for m in members])
+            gone = [m for m, n in zip(members, found, strict=True) if not n]
+            return int(await client.srem(key, *gone)) if gone else 0
+
+        return await self._call("quota", prune)
+
+
+def _stream_id(tag: str) -> StreamId | None:
+    """The stream named by a hash tag's content: ``model:stream`` (the default tenant) or
+    ``tenant/model:stream``."""
+    tenant, slash, rest = tag.partition("/")
+    if not slash:
+        tenant, rest = DEFAULT_TENANT, tag
+    elif tenant == DEFAULT_TENANT or "/" in rest:
+        return None  # the default tenant's keys have no namespace
+    model, sep, stream = rest.partition(":")  # models have no ":"
+    return StreamId(tenant, model, stream) if sep and model and stream else None
 
 
 def _text(value: bytes | str) -> str:
