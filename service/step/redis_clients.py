@@ -138,7 +138,9 @@ class RedisClients:
         return {
             "socket_connect_timeout": self.timeout_s,
             "socket_keepalive": True,
-            "socket_timeout": None,  # reads block as long as they need
+            # Commands and the connection's handshake wait this long (a frozen server must not
+            # hang a subscriber's request); reads of messages pass a timeout of their own.
+            "socket_timeout": self.timeout_s,
             "retry": Retry(NoBackoff(), 0),
             **overrides,
         }

@@ -811,8 +811,9 @@ class StateStore:
 
     async def subscriber_client(self, channel: str) -> tuple[str, Redis]:
         """A new client of its own for subscribing to ``channel``, and the name of the node it
-        talks to ("" unless on a cluster). Reads on it block as long as they need; a failure
-        is raised, not retried, so that the caller knows announcements may have been lost."""
+        talks to ("" unless on a cluster). Its commands wait ``timeout_s`` (its reader gives
+        reads a timeout of their own); a failure is raised, not retried, so that the caller knows
+        announcements may have been lost."""
 
         async def connect(client: Redis | RedisCluster) -> tuple[str, Redis]:
             return await self.clients.dedicated(channel)
