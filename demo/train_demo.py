@@ -152,6 +152,8 @@ def main() -> None:
         "name": "elnino",
         "features": ["sst_c"],
         "outputs": ["next_month_sst_c"],
+        # a forecast feeds each month's prediction back as the next month's reading
+        "feedback": {"next_month_sst_c": "sst_c"},
         "description": "2x64 LSTM, monthly Nino 1+2 sea surface temperature (degC) -> next month's",
         "data": "NOAA ERSST.V3B Nino 1+2, 1950-2010, public domain (statsmodels.datasets.elnino)",
         "train_years": f"1950-{TRAIN_END_YEAR}",
@@ -167,6 +169,7 @@ def main() -> None:
         scaling=Scaling.from_dict(scaling, 1, 1),
         features=info["features"],
         outputs=info["outputs"],
+        feedback=info["feedback"],
         force=True,
     )
     print(

@@ -2,11 +2,13 @@
 
 Loaders (``sources/``) → canonical weights (``weights.py``, ONNX gate order) → graph
 (``graph.py``) → verification against a float64 reference and the source framework
-(``verify.py``) → ``model.onnx`` + ``model.json`` (``export.py``).
+(``verify.py``) → ``model.onnx`` + ``model.json`` (``exporter.py``), with the feedback mapping
+of forecasts (``feedback.py``) declared alongside.
 """
 
 from .errors import (
     ExportError,
+    FeedbackError,
     MissingDependencyError,
     OutputExistsError,
     ScalingError,
@@ -16,12 +18,14 @@ from .errors import (
     WeightsError,
 )
 from .exporter import ExportResult, export, fingerprint
+from .feedback import feedback_mapping
 from .scaling import Scaling
 from .weights import LayerWeights, RecurrentWeights
 
 __all__ = [
     "ExportError",
     "ExportResult",
+    "FeedbackError",
     "LayerWeights",
     "MissingDependencyError",
     "OutputExistsError",
@@ -33,5 +37,6 @@ __all__ = [
     "VerificationError",
     "WeightsError",
     "export",
+    "feedback_mapping",
     "fingerprint",
 ]

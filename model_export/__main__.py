@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import ExportError
 from .exporter import export
+from .feedback import parse_pair
 from .sources import LoadOptions
 
 DEMO_DIR = "demo_weights"
@@ -27,6 +28,13 @@ DEMO_INFO = "elnino.info.json"  # name, features and outputs of the demo model
 
 def _csv(text: str) -> list[str]:
     return text.split(",")
+
+
+def _feedback_pair(text: str) -> tuple[str, str]:
+    try:
+        return parse_pair(text)
+    except ExportError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,6 +71,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--outputs", type=_csv, metavar="Y,...", help="comma-separated output names")
     p.add_argument(
+        "--feedback",
+        type=_feedback_pair,
+        action="append",
+        metavar="OUTPUT=FEATURE",
+        help="in a forecast, OUTPUT's prediction is the next step's FEATURE (raw units); "
+        "repeatable; features fed by no output are covariates the caller gives",
+    )
+    p.add_argument(
         "--tolerance",
         type=float,
         metavar="X",
@@ -83,6 +99,8 @@ def _demo_args(args: argparse.Namespace) -> None:
     args.name = args.name or info["name"]
     args.features = args.features or info["features"]
     args.outputs = args.outputs or info["outputs"]
+    if args.feedback is None:
+        args.feedback = list(info.get("feedback", {}).items())
     print(f"no SOURCE given: exporting the bundled demo weights ({info['description']})")
 
 
@@ -112,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             tolerance=args.tolerance,
             force=args.force,
             options=LoadOptions(lstm_prefix=args.lstm_prefix, head_prefix=args.head_prefix),
+            feedback=args.feedback,
         )
     except ExportError as exc:
         print(f"lstm-export: error: {exc}", file=sys.stderr)
@@ -129,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verified against {report.framework}: max |error| {agree}")
     else:
         print(f"no framework check: {report.framework_skipped}")
+    if meta["feedback"]:
+        fed = ", ".join(f"{o} -> {f}" for o, f in meta["feedback"].items())
+        print(f"forecast feedback: {fed}")
     print(f"wrote {result.out_dir} (model {meta['name']}, version {meta['version']})")
     return 0
 

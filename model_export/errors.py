@@ -6,6 +6,8 @@
     │                           (bidirectional, projections, other activations or layers, ...)
     ├── WeightsError            shapes or values of the weights are inconsistent (NaN, mismatch)
     ├── ScalingError            scaling.json is malformed, has the wrong lengths or a std <= 0
+    ├── FeedbackError           a --feedback pair names an unknown output or feature, or feeds
+    │                           a feature twice (or an output into two features)
     ├── OutputExistsError       the output directory exists and --force was not given
     ├── MissingDependencyError       an optional library (torch, ...) is needed; names the pip extra
     └── VerificationError       onnxruntime disagrees with the float64 reference; nothing written
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "ExportError",
+    "FeedbackError",
     "MissingDependencyError",
     "OutputExistsError",
     "ScalingError",
@@ -46,6 +49,10 @@ class WeightsError(ExportError):
 
 class ScalingError(ExportError):
     """The scaling description is malformed or inconsistent with the model's sizes."""
+
+
+class FeedbackError(ExportError):
+    """The feedback mapping (output → feature) names something the model lacks, or is ambiguous."""
 
 
 class OutputExistsError(ExportError):

@@ -22,6 +22,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import ExportError, OutputExistsError
+from .feedback import FeedbackPairs, feedback_mapping
 from .graph import C0, CN, H0, HN, IR_VERSION, OPSET, SEQ_LENS, X, Y, build_sequence_graph
 from .scaling import Scaling
 from .sources import LoadOptions, load
@@ -49,7 +50,8 @@ def fingerprint(weights: RecurrentWeights, scaling: Scaling) -> str:
     """A content hash of what determines the numbers: cell, sizes, every weight, the scaling.
 
     The graph's layout is deliberately left out, so re-exporting the same weights with a newer
-    exporter keeps the version and the service keeps the streams' state.
+    exporter keeps the version and the service keeps the streams' state. So are the names and
+    the feedback mapping: they describe the numbers, they do not change them.
     """
     digest = hashlib.sha256()
     header = [
@@ -134,8 +136,13 @@ def export(
     tolerance: float | None = None,
     force: bool = False,
     options: LoadOptions | None = None,
+    feedback: FeedbackPairs | None = None,
 ) -> ExportResult:
-    """Export ``source`` into ``out_dir`` (``model.onnx`` + ``model.json``); see the README."""
+    """Export ``source`` into ``out_dir`` (``model.onnx`` + ``model.json``); see the README.
+
+    ``feedback`` maps output names to the feature names they feed in a forecast (pairs, or a
+    mapping from output to feature); see :mod:`model_export.feedback`.
+    """
     source, out_dir = Path(source), Path(out_dir)
     _check_out_dir(out_dir, force)  # fail before the slow part
     name = name if name is not None else re.sub(r"[^A-Za-z0-9._-]", "-", source.stem)[:64]
@@ -154,6 +161,7 @@ def export(
         scale = Scaling.identity(weights.input_size, weights.output_size)
     feature_names = _names(features, weights.input_size, "x", "--features")
     output_names = _names(outputs, weights.output_size, "y", "--outputs")
+    feeds = feedback_mapping(feedback, feature_names, output_names)  # before the slow part
 
     model_bytes = build_sequence_graph(weights, scale, name=name).SerializeToString()
     report = verify(
@@ -176,6 +184,7 @@ def export(
         "num_layers": weights.num_layers,
         "features": feature_names,
         "outputs": output_names,
+        "feedback": feeds,
         "scaling": scale.to_dict(),
         "source": {"format": loaded.format, "file": source.name},
         "graph": {

@@ -7,11 +7,14 @@ import os
 # Must be set before anything imports keras.
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
+import csv
+import io
 import json
 import re
 import tomllib
 import uuid
 from collections.abc import Callable, Iterator
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +197,21 @@ def sea_temperatures(n: int, seed: int = 0) -> list[float]:
     months = np.arange(n)
     series = 23 + 2.5 * np.sin(2 * np.pi * months / 12) + rng.normal(0, 0.6, n)
     return [round(float(v), 3) for v in series]
+
+
+def elnino_sst() -> np.ndarray:
+    """NOAA's monthly Niño 1+2 sea surface temperature (°C), 1950-01 to 2010-12, as shipped inside
+    statsmodels: entry i is of calendar month ``i % 12 + 1``."""
+    text = (resources.files("statsmodels.datasets.elnino") / "elnino.csv").read_text()
+    rows = list(csv.reader(io.StringIO(text)))[1:]
+    return np.array([float(v) for row in rows for v in row[1:]])
+
+
+def month_features(count: int, first: int = 0) -> np.ndarray:
+    """``[count, 2]``: (sin, cos) of the calendar month of series entries ``first ..``, as the
+    El Niño months model reads them (``demo/train_elnino_months.py``)."""
+    angle = 2 * np.pi * (np.arange(first, first + count) % 12) / 12
+    return np.stack([np.sin(angle), np.cos(angle)], axis=1)
 
 
 def wheel_requirement() -> Requirement:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import subprocess
 import sys
@@ -11,7 +9,10 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import pytest
+from conftest import elnino_sst
 from model_runner import ExportedModel
+from test_export_cli import assert_refused, run_cli
 
 from model_export import Scaling, fingerprint
 from model_export.__main__ import main
@@ -20,6 +21,9 @@ from model_export.sources import load
 DEMO_MODEL = Path(str(resources.files("service") / "demo_model"))
 DEMO_WEIGHTS = Path(str(resources.files("model_export") / "demo_weights"))
 ROOT = Path(__file__).resolve().parent.parent
+# The bundled model's version, which every stream in Redis carries: declaring or changing the
+# forecast feedback mapping must leave it alone (the fingerprint covers weights and scaling only).
+DEMO_VERSION = "19f94faff40a45e0"
 
 
 def test_bundled_model_matches_the_bundled_weights() -> None:
@@ -31,6 +35,8 @@ def test_bundled_model_matches_the_bundled_weights() -> None:
     assert meta["version"] == fingerprint(weights, scaling)
     assert (meta["name"], meta["num_layers"], meta["hidden_size"]) == ("elnino", 2, 64)
     assert meta["features"] == ["sst_c"] and meta["outputs"] == ["next_month_sst_c"]
+    assert meta["feedback"] == {"next_month_sst_c": "sst_c"}
+    assert meta["version"] == DEMO_VERSION
     assert meta["verification"]["passed"] is True
 
 
@@ -42,14 +48,33 @@ def test_export_without_a_source_exports_the_demo(tmp_path: Path, capsys: object
     assert exported["name"] == "elnino" and exported["scaling"] == bundled["scaling"]
 
 
-def elnino_series() -> np.ndarray:
-    text = (resources.files("statsmodels.datasets.elnino") / "elnino.csv").read_text()
-    rows = list(csv.reader(io.StringIO(text)))[1:]
-    return np.array([float(v) for row in rows for v in row[1:]])
+def test_the_demo_export_declares_its_mapping_and_keeps_its_version(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, _ = run_cli(capsys, "--out", tmp_path / "demo")
+    assert code == 0
+    meta = json.loads((tmp_path / "demo" / "model.json").read_text())
+    assert meta["feedback"] == {"next_month_sst_c": "sst_c"}
+    assert meta["version"] == DEMO_VERSION
+    assert "forecast feedback: next_month_sst_c -> sst_c" in out
+    assert f"version {DEMO_VERSION}" in out.splitlines()[-1]
+
+
+def test_the_demo_export_takes_a_mapping_of_its_own(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A --feedback given with the demo replaces its declared mapping (here: the same pair
+    spelled out); the version stays."""
+    flags = ["--feedback", "next_month_sst_c=sst_c"]
+    assert run_cli(capsys, "--out", tmp_path / "demo", *flags)[0] == 0
+    meta = json.loads((tmp_path / "demo" / "model.json").read_text())
+    assert meta["feedback"] == {"next_month_sst_c": "sst_c"} and meta["version"] == DEMO_VERSION
+    line = assert_refused(capsys, tmp_path / "x", "--feedback", "next_month_sst_c=sst", match="")
+    assert "no feature 'sst'; its features are sst_c" in line
 
 
 def test_demo_beats_persistence_on_held_out_years() -> None:
-    temps = elnino_series()
+    temps = elnino_sst()
     model = ExportedModel(DEMO_MODEL)
     pred = model.stream(temps[:-1, None, None])[
         :, 0, 0
@@ -87,4 +112,6 @@ def test_training_script_runs_end_to_end(tmp_path: Path) -> None:
         "elnino.npz",
         "elnino.scaling.json",
     ]
-    assert json.loads((tmp_path / "m" / "model.json").read_text())["verification"]["passed"]
+    exported = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert exported["verification"]["passed"]
+    assert exported["feedback"] == {"next_month_sst_c": "sst_c"}

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .feedback import FeedbackMap, parse_feedback
+
 __all__ = ["DEMO_MODEL_DIR", "ModelLoadError", "ServedModel", "load_models"]
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "demo_model"
@@ -41,6 +43,8 @@ class ServedModel:
     outputs: tuple[str, ...]
     meta: dict[str, Any]
     session: ort.InferenceSession
+    # which outputs feed which features in a forecast; None: the model declares no mapping
+    feedback: FeedbackMap | None = None
 
     @property
     def state_shape(self) -> tuple[int, int]:
@@ -101,6 +105,10 @@ def _load_one(directory: Path, threads: int) -> ServedModel:
         outputs = tuple(str(o) for o in meta["outputs"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{meta_path}: missing or malformed field {exc}") from None
+    try:
+        feedback = parse_feedback(meta.get("feedback"), features, outputs)
+    except ValueError as exc:
+        raise ModelLoadError(f"{meta_path}: {exc}") from None
     if meta.get("cell", "lstm") != "lstm":
         raise ModelLoadError(f"{meta_path}: cell {meta.get('cell')!r} is not served (only lstm)")
     if not _NAME.fullmatch(name):
@@ -133,6 +141,7 @@ def _load_one(directory: Path, threads: int) -> ServedModel:
         outputs=outputs,
         meta=meta,
         session=session,
+        feedback=feedback,
     )
 
 
