@@ -101,6 +101,10 @@ def _body(method: str, template: str, stream: str) -> Any:
         return {"readings": [{"stream": stream, "values": [24.0]}]}
     if template.endswith("/infer"):
         return _v2_body(stream)
+    if template.endswith("/streams/{stream}/forecast"):
+        return {"horizon": 2}
+    if template.endswith("/forecast"):
+        return {"horizon": 2, "items": [{"stream": stream}]}
     return {}  # /v2/repository/index
 
 

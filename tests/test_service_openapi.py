@@ -442,6 +442,43 @@ def _readings_scenarios(api: Driver, prefix: str, stream: str) -> None:
     assert api("DELETE", state, stream="a%2Cb").status == 400
 
 
+def _forecast_scenarios(api: Driver, prefix: str, stream: str) -> None:
+    """The forecast routes' answers: forecasts, what-ifs, per-item errors, bad requests."""
+    one = prefix + "/streams/{stream}/forecast"
+    many = prefix + "/forecast"
+    api("POST", prefix + "/streams/{stream}/readings", stream=stream, body={"values": [24.0]})
+    answer = api("POST", one, stream=stream, body={"horizon": 3})
+    assert (answer.status, answer.body["seq"], len(answer.body["forecast"])) == (200, 1, 3)
+    what_if = {"horizon": 2, "readings": [{"values": [25.0], "seq": 9}, {"values": [26.0]}]}
+    assert len(api("POST", one, stream=stream, body=what_if).body["results"]) == 2
+    fresh = api("POST", one, stream=stream + "-new", body={"horizon": 1})
+    assert (fresh.body["generation"], fresh.body["seq"]) == (None, None)
+    for body, code in [
+        ({"horizon": -1}, "invalid_request"),
+        ({"horizon": 1, "readings": [{"values": [1.0, 2.0]}]}, "invalid_values"),
+        ({"horizon": 1, "covariates": [{"month_sin": 0.0}]}, "invalid_values"),
+    ]:
+        assert api("POST", one, stream=stream, body=body).body["error"]["code"] == code
+    assert api("POST", one, stream="a%20b", body={"horizon": 1}).status == 400
+    assert api("POST", one, stream=stream, body={"horizon": 257}).status == 413
+    items: list[Any] = [
+        {"stream": stream},
+        {"stream": stream, "readings": [{"values": [25.0]}]},
+        {"stream": "bad id"},
+        {"stream": stream, "readings": [{"values": ["warm"]}]},
+        {"stream": stream, "extra": 1},
+        "not an object",
+    ]
+    mixed = api("POST", many, body={"horizon": 2, "items": items})
+    codes = [r.get("error", {}).get("code") for r in mixed.body["forecasts"]]
+    assert codes == [
+        None, None, "invalid_stream_id", "invalid_values", "invalid_request", "invalid_request",
+    ]  # fmt: skip
+    assert api("POST", many, body={"horizon": 2, "items": []}).status == 400
+    wide = {"horizon": 200, "items": [{"stream": stream}] * 11}
+    assert api("POST", many, body=wide).status == 413
+
+
 def _events_scenario(api: Driver, prefix: str, stream: str) -> None:
     """The SSE route's answers."""
     events = prefix + "/streams/{stream}/events"
@@ -607,6 +644,10 @@ def _valid_body(method: str, template: str, stream: str) -> Any:
         return {"readings": [{"stream": stream, "values": [24.0]}]}
     if template.endswith("/infer"):
         return _v2_infer_body(stream, [24.0])
+    if template.endswith("/streams/{stream}/forecast"):
+        return {"horizon": 2}
+    if template.endswith("/forecast"):
+        return {"horizon": 2, "items": [{"stream": stream}]}
     return {}
 
 
@@ -655,6 +696,7 @@ def test_every_answer_of_a_real_service_is_documented(
     registered = registered_routes(create_app(Settings(), models=load_models((), 1)))
     for prefix in (LONG, SHORT):
         _readings_scenarios(api, prefix, f"{stream_id}-{prefix.count('/')}")
+        _forecast_scenarios(api, prefix, f"{stream_id}-forecast-{prefix.count('/')}")
         _events_scenario(api, prefix, f"{stream_id}-events-{prefix.count('/')}")
         _subscriptions_scenario(api, prefix, f"{stream_id}-subs-{prefix.count('/')}")
     for template in (LONG + "/streams/{stream}/readings", LONG + "/streams/{stream}"):
@@ -662,6 +704,12 @@ def test_every_answer_of_a_real_service_is_documented(
         answer = api(method, template, model="nope", stream=stream_id, body={"values": [1]})
         assert answer.body["error"]["code"] == "model_not_found"
     assert api("POST", LONG + "/readings", model="nope", body={"readings": []}).status == 404
+    for template, body in [
+        (LONG + "/streams/{stream}/forecast", {"horizon": 1}),
+        (LONG + "/forecast", {"horizon": 1, "items": [{"stream": stream_id}]}),
+    ]:
+        answer = api("POST", template, model="nope", stream=stream_id, body=body)
+        assert answer.body["error"]["code"] == "model_not_found"
     let_in = bearer(ALL)
     nothing = call("GET", service.url + "/v1/nothing", headers=let_in)
     api.contract.check_component("UnknownPath", nothing)
@@ -712,9 +760,24 @@ def _several_models(
     assert refused.body["error"]["code"] == "model_version_mismatch"
     item = api("POST", LONG + "/readings", body={"readings": [{"stream": old, "values": [1.0]}]})
     assert item.body["results"][0]["error"]["code"] == "model_version_mismatch"
+    refused = api("POST", LONG + "/streams/{stream}/forecast", stream=old, body={"horizon": 1})
+    assert refused.body["error"]["code"] == "model_version_mismatch"
+    item = api("POST", LONG + "/forecast", body={"horizon": 1, "items": [{"stream": old}]})
+    assert item.body["forecasts"][0]["error"]["code"] == "model_version_mismatch"
+    # a stream the newer version wrote, forecast by the first service's default model
+    newer_stream = f"{stream_id}-newer"
+    written = api("POST", path, stream=newer_stream, body={"values": [24.0]})
+    assert written.status == 200
+    first = Driver(service, seen)
+    refused = first(
+        "POST", SHORT + "/streams/{stream}/forecast", stream=newer_stream, body={"horizon": 1}
+    )
+    assert refused.body["error"]["code"] == "model_version_mismatch"
     for method, template, body in [
         ("POST", SHORT + "/streams/{stream}/readings", {"values": [1.0]}),
         ("POST", SHORT + "/readings", {"readings": [{"stream": old, "values": [1.0]}]}),
+        ("POST", SHORT + "/streams/{stream}/forecast", {"horizon": 1}),
+        ("POST", SHORT + "/forecast", {"horizon": 1, "items": [{"stream": old}]}),
         ("GET", SHORT + "/streams/{stream}", None),
         ("DELETE", SHORT + "/streams/{stream}", None),
         ("GET", SHORT + "/streams/{stream}/events", None),
@@ -751,6 +814,7 @@ def _outage(
         for prefix in (LONG, SHORT)
         for method, suffix in [
             ("POST", "/streams/{stream}/readings"), ("POST", "/readings"),
+            ("POST", "/streams/{stream}/forecast"), ("POST", "/forecast"),
             ("GET", "/streams/{stream}"), ("DELETE", "/streams/{stream}"),
             ("GET", "/streams/{stream}/events"), ("GET", "/events"),
         ]
@@ -791,6 +855,12 @@ def _burst(stream_id: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
         for base in (V2_MODEL, V2_VERSION):
             yield "POST", base + "/infer", {"body": _v2_infer_body(f"{stream_id}-v2-{k}", [24.0])}
     for prefix in (LONG, SHORT):
+        yield "POST", prefix + "/streams/{stream}/forecast", {
+            "stream": stream_id, "body": {"horizon": 1}
+        }  # fmt: skip
+        yield "POST", prefix + "/forecast", {
+            "body": {"horizon": 1, "items": [{"stream": stream_id}]}
+        }  # fmt: skip
         yield "GET", prefix + "/streams/{stream}", {"stream": stream_id}
         yield "DELETE", prefix + "/streams/{stream}", {"stream": stream_id}
         yield "GET", prefix + "/streams/{stream}/events", {"stream": f"{stream_id}-sub"}

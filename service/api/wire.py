@@ -32,6 +32,7 @@ __all__ = [
     "parse_body",
     "parse_bulk_item",
     "parse_stream_readings",
+    "parse_what_if_readings",
     "rfc3339",
     "state_json",
     "unit_json",
@@ -189,6 +190,14 @@ def parse_bulk_item(
         raise InvalidStreamId(f"{where}.stream must be a string stream id")
     check_stream_id(stream)
     return stream, _many(item, where, model, max_readings, {"stream"})
+
+
+def parse_what_if_readings(items: object, where: str, model: ServedModel) -> list[Reading]:
+    """A forecast's what-if ``readings``: a non-empty list of readings as posting takes them.
+    Their seqs are not checked (nothing is stored)."""
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest(f"{where} must be a non-empty list of readings")
+    return [_reading(r, f"{where}[{k}]", model) for k, r in enumerate(items)]
 
 
 def unit_json(result: UnitResult) -> dict[str, Any]:

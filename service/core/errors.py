@@ -6,6 +6,7 @@
     ├── InvalidRequest                400     invalid_request
     ├── InvalidValues                 400     invalid_values
     ├── InvalidStreamId               400     invalid_stream_id
+    ├── ForecastUnsupported           400     forecast_unsupported
     ├── Unauthenticated               401     unauthenticated (+ WWW-Authenticate)
     ├── Forbidden                     403     forbidden
     ├── ModelNotFound                 404     model_not_found
@@ -28,6 +29,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "Forbidden",
+    "ForecastUnsupported",
     "InvalidRequest",
     "InvalidStreamId",
     "InvalidValues",
@@ -73,6 +75,12 @@ class InvalidValues(ServiceError):
 
 class InvalidStreamId(ServiceError):
     status, code = 400, "invalid_stream_id"
+
+
+class ForecastUnsupported(ServiceError):
+    """A forecast (horizon of one or more) on a model that declares no feedback mapping."""
+
+    status, code = 400, "forecast_unsupported"
 
 
 class Unauthenticated(ServiceError):

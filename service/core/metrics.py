@@ -53,6 +53,8 @@ LATENCY_BUCKETS_S = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 READING_OUTCOMES = ("applied", "duplicate", "stale", "rejected", "failed")
+FORECAST_OUTCOMES = ("answered", "rejected", "failed")
+HORIZON_BUCKETS = (0, 1, 2, 4, 8, 12, 16, 24, 32, 64, 128, 256, 512, 1024)
 SUBSCRIBER_TRANSPORTS = ("sse", "ws")
 # The operations lstm_redis_errors_total and lstm_redis_duration_seconds count: every one is
 # exported from the start, so that a rate over the first errors sees them (a series that appears
@@ -213,6 +215,20 @@ class Metrics:
             ["code"],
             registry=r,
         )
+        self.forecasts = Counter(
+            "lstm_forecasts_total",
+            "Stream forecasts (and what-ifs) by outcome: answered, rejected (the request or its "
+            "item refused: 400, 404, 409, 413), failed (503: Redis, or the service overloaded). "
+            "One per stream of a request; never counted in lstm_readings_total.",
+            ["outcome"],
+            registry=r,
+        )
+        self.forecast_horizon_steps = Histogram(
+            "lstm_forecast_horizon_steps",
+            "Horizon of each answered stream forecast, in steps (0: what-if readings only)",
+            buckets=HORIZON_BUCKETS,
+            registry=r,
+        )
         self.worker_restarts = Counter(
             "lstm_worker_restarts_total",
             "Worker processes the supervisor restarted after one died (--workers above 1; "
@@ -227,6 +243,8 @@ class Metrics:
             self.subscribers.labels(transport)
         for outcome in READING_OUTCOMES:
             self.readings.labels(outcome)
+        for outcome in FORECAST_OUTCOMES:
+            self.forecasts.labels(outcome)
         for result in ("hit", "stale", "miss"):
             self.state_cache.labels(result)
         for operation in REDIS_OPERATIONS:

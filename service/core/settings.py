@@ -272,6 +272,15 @@ OPTIONS: tuple[Option, ...] = (
         "N",
     ),
     Option(
+        "forecast_max_horizon",
+        "--forecast-max-horizon",
+        "LSTM_FORECAST_MAX_HORIZON",
+        "256",
+        _positive_int,
+        "most steps one forecast runs ahead (413 payload_too_large beyond)",
+        "STEPS",
+    ),
+    Option(
         "body_max_bytes",
         "--body-max-bytes",
         "LSTM_BODY_MAX_BYTES",
@@ -461,6 +470,7 @@ class Settings:
     queue_max_readings: int = 16384
     state_cache_streams: int = 10000
     request_max_readings: int = 2000
+    forecast_max_horizon: int = 256
     body_max_bytes: int = 1048576
     retry_after_s: int = 1
     inference_threads: int = 1

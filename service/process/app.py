@@ -30,6 +30,7 @@ from ..api.authn import AUTHENTICATOR, Authenticator
 from ..api.cors import add_cors
 from ..api.openapi import openapi_json
 from ..api.routes_events import add_event_routes
+from ..api.routes_forecast import add_forecast_routes
 from ..api.routes_subscriptions import add_subscription_routes
 from ..api.routes_v1 import add_routes, json_response
 from ..api.routes_v2 import V2_PREFIX, add_v2_routes
@@ -284,6 +285,7 @@ def create_app(
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi_json)
     add_routes(app)
+    add_forecast_routes(app)
     add_event_routes(app)
     add_subscription_routes(app)
     add_v2_routes(app)

@@ -30,6 +30,7 @@ from ..app_keys import MODELS, SETTINGS
 from ..routes_v1 import json_response
 from .common import Schema, json_content, operation, parameters, ref, resp, responses
 from .events import subscription_paths
+from .forecast import forecast_paths, forecast_schemas
 from .security import secure, security_schemes
 from .v1 import stream_paths, v1_schemas
 from .v2 import v2_paths, v2_schemas
@@ -46,6 +47,8 @@ def openapi_document(settings: Settings, models: dict[str, ServedModel]) -> dict
     paths: dict[str, Schema] = {
         **stream_paths("/v1/models/{model}", "", ["Model"]),
         **stream_paths("/v1", "Default", []),
+        **forecast_paths("/v1/models/{model}", "", ["Model"]),
+        **forecast_paths("/v1", "Default", []),
         **subscription_paths("/v1/models/{model}", "", ["Model"]),
         **subscription_paths("/v1", "Default", []),
         "/v1/models": {
@@ -144,6 +147,7 @@ def openapi_document(settings: Settings, models: dict[str, ServedModel]) -> dict
         "tags": [
             {"name": "readings", "description": "Apply readings, get predictions."},
             {"name": "streams", "description": "A stream's state and its end."},
+            {"name": "forecasts", "description": "Forecasts and what-ifs, without writing."},
             {"name": "events", "description": "Subscriptions to a stream's predictions."},
             {"name": "models", "description": "The served models."},
             {"name": "operations", "description": "Health, readiness, metrics, this document."},
@@ -151,7 +155,11 @@ def openapi_document(settings: Settings, models: dict[str, ServedModel]) -> dict
         ],
         "paths": paths,
         "components": {
-            "schemas": {**v1_schemas(settings, models), **v2_schemas(settings, models)},
+            "schemas": {
+                **v1_schemas(settings, models),
+                **forecast_schemas(settings, models),
+                **v2_schemas(settings, models),
+            },
             "responses": responses(settings),
             "parameters": parameters(models),
             "securitySchemes": security_schemes(settings),

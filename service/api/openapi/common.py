@@ -18,7 +18,7 @@ Schema = dict[str, Any]
 # Error schemas and the codes each admits: errors.py's tree by status, plus the codes the error
 # middleware gives aiohttp's own 404 (no such path) and 405.
 ERRORS: dict[str, list[str]] = {
-    "Error400": ["invalid_request", "invalid_values", "invalid_stream_id"],
+    "Error400": ["invalid_request", "invalid_values", "invalid_stream_id", "forecast_unsupported"],
     "Error401": ["unauthenticated"],
     "Error403": ["forbidden"],
     "Error404": ["model_not_found", "stream_not_found"],
@@ -114,7 +114,9 @@ def responses(settings: Settings) -> dict[str, Schema]:
         "BadRequest": error(
             "Error400",
             "invalid_request: not JSON, not an object, unknown or missing fields, a bad seq or ts; "
-            "invalid_values: values not exactly input_size finite numbers; invalid_stream_id.",
+            "invalid_values: values not exactly input_size finite numbers, or a forecast's "
+            "covariates missing, extra or not finite; invalid_stream_id; forecast_unsupported: a "
+            "forecast horizon of 1 or more on a model without a feedback mapping.",
         ),
         "NotFound": error(
             "Error404",
@@ -131,7 +133,9 @@ def responses(settings: Settings) -> dict[str, Schema]:
         "PayloadTooLarge": error(
             "Error413",
             f"payload_too_large: a body over {settings.body_max_bytes} bytes, or more than "
-            f"{settings.request_max_readings} readings in one request.",
+            f"{settings.request_max_readings} readings in one request (for a forecast: "
+            "stream-steps, streams × (horizon + what-if readings)), or a forecast horizon over "
+            f"{settings.forecast_max_horizon}.",
         ),
         "Unavailable": error(
             "Error503",
