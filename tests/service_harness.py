@@ -5,6 +5,7 @@ JSON without raising on 4xx/5xx."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -33,6 +34,24 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def tls_certificates(directory: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for localhost and 127.0.0.1, made with openssl."""
+    directory.mkdir()
+    run = functools.partial(subprocess.run, cwd=directory, check=True, capture_output=True)
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test CA"])  # fmt: skip
+    run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+         "-out", "server.csr", "-subj", "/CN=localhost"])  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run(["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-days", "1", "-out", "server.pem", "-extfile", "san.ext"])  # fmt: skip
+    return {
+        "cert": directory / "server.pem",
+        "key": directory / "server.key",
+        "ca": directory / "ca.pem",
+    }
 
 
 class RedisServer:
@@ -114,13 +133,25 @@ class RedisServer:
 
 
 class RedisClusterServers:
-    """A three-node Redis Cluster (no replicas) made with ``redis-cli --cluster create``."""
+    """A Redis Cluster made with ``redis-cli --cluster create``: three primaries by default, each
+    with ``replicas`` replicas (none by default). ``extra_args`` go to every node."""
 
-    def __init__(self, directory: Path, nodes: int = 3, binary: str = "redis-server") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        nodes: int = 3,
+        replicas: int = 0,
+        node_timeout_ms: int = 2000,
+        extra_args: list[str] | None = None,
+        binary: str = "redis-server",
+    ) -> None:
         cluster_args = [
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", "2000",
+            "--cluster-node-timeout", str(node_timeout_ms), *(extra_args or []),
+            # A replica's first sync starts at once (a primary waits 5 s by default for others).
+            "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
+        self.replicas = replicas
         # The cluster bus needs a port too (by default port + 10000, which may not exist).
         self.nodes = [
             RedisServer(
@@ -128,7 +159,7 @@ class RedisClusterServers:
                 extra_args=[*cluster_args, "--cluster-port", str(free_port())],
                 binary=binary,
             )
-            for k in range(nodes)
+            for k in range(nodes * (1 + replicas))
         ]
 
     @property
@@ -141,15 +172,35 @@ class RedisClusterServers:
         subprocess.run(
             ["redis-cli", "--cluster", "create",
              *(f"127.0.0.1:{n.port}" for n in self.nodes),
-             "--cluster-replicas", "0", "--cluster-yes"],
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         deadline = time.monotonic() + 30
-        while not all(n.client().cluster("INFO")["cluster_state"] == "ok" for n in self.nodes):
+        while not all(self._ready(n) for n in self.nodes):
             if time.monotonic() > deadline:
                 raise RuntimeError("the Redis Cluster did not become ready")
-            time.sleep(0.1)
+            time.sleep(0.05)
         return self
+
+    def _ready(self, node: RedisServer) -> bool:
+        """The node sees the cluster whole and, as a replica, has synced with its primary (a
+        replica that never synced cannot take over)."""
+        client = node.client()
+        if client.cluster("INFO")["cluster_state"] != "ok":
+            return False
+        replication = client.info("replication")
+        if replication["role"] == "slave":
+            return bool(replication["master_link_status"] == "up")
+        return bool(replication.get("connected_slaves", 0) == self.replicas)
+
+    def primary_for(self, key: str) -> RedisServer:
+        """The node serving ``key`` now, as a running node's slot map says."""
+        client = next(n for n in self.nodes if n.process is not None).client()
+        slot = client.cluster("KEYSLOT", key)
+        for start, end, primary, *_ in client.cluster("SLOTS"):
+            if start <= slot <= end:
+                return next(n for n in self.nodes if n.port == int(primary[1]))
+        raise LookupError(f"no node serves {key}")
 
     def client(self) -> redis.RedisCluster:
         return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port)

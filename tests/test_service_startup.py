@@ -3,7 +3,6 @@ private server of the no-configuration default, several models and the short pat
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -14,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from service_harness import ROOT, RedisServer, ServiceProcess, call
+from service_harness import ROOT, RedisServer, ServiceProcess, call, tls_certificates
 from sse_client import SseStream
 
+from service.core.redis_url import parse_sentinel_url
 from service.core.settings import OPTIONS, Settings, SettingsError, load_settings, markdown_table
 
 
@@ -77,6 +77,35 @@ def test_the_redis_password_is_never_shown() -> None:
     with pytest.raises(SettingsError) as caught:
         load_settings([], {"REDIS_URL": "http://app:s3cret@cache:6379"})
     assert "s3cret" not in str(caught.value)
+
+
+def test_a_sentinel_url_names_the_sentinels_the_service_and_both_passwords() -> None:
+    url = (
+        "redis+sentinel://:pr%40mary@s1:26380,s2,[::1]:5000/lstm-primary/3"
+        "?sentinel_password=s3ntinel"
+    )
+    settings = load_settings([], {"REDIS_URL": url})
+    assert settings.redis_url_redacted == (
+        "redis+sentinel://:***@s1:26380,s2,[::1]:5000/lstm-primary/3?sentinel_password=***"
+    )
+    parsed = parse_sentinel_url(url)
+    assert parsed.sentinels == (("s1", 26380), ("s2", 26379), ("::1", 5000))
+    assert (parsed.service_name, parsed.db) == ("lstm-primary", 3)
+    assert parsed.primary_kwargs() == {"db": 3, "password": "pr@mary"}
+    assert parsed.sentinel_kwargs() == {"password": "s3ntinel"}
+    assert "s3ntinel" not in repr(parsed) and "pr@mary" not in repr(parsed)
+    tls = parse_sentinel_url("rediss+sentinel://s1/lstm-primary?ssl_ca_certs=/etc/ca.pem")
+    assert tls.primary_kwargs() == tls.sentinel_kwargs() | {"db": 0}
+    assert tls.sentinel_kwargs() == {"ssl": True, "ssl_ca_certs": "/etc/ca.pem"}
+    for bad, reason in [
+        ("redis+sentinel://s1:26379", "name the service"),
+        ("redis+sentinel://s1/lstm-primary/zero", "name the service"),
+        ("redis+sentinel://s1:99999/lstm-primary", "port 99999"),
+        ("redis+sentinel://s1/lstm-primary?sentinel_pasword=x", "sentinel_pasword"),
+        ("redis+sentinel://s1/lstm-primary?ssl_ca_certs=/etc/ca.pem", "rediss"),
+    ]:
+        with pytest.raises(SettingsError, match=f"REDIS_URL.*{reason}"):
+            load_settings([], {"REDIS_URL": bad})
 
 
 def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -230,28 +259,10 @@ def test_a_password_protected_redis_works_and_the_password_is_never_logged(
         server.stop()
 
 
-def _certificates(directory: Path) -> dict[str, Path]:
-    """A throwaway CA and a server certificate for localhost, made with openssl."""
-    directory.mkdir()
-    run = functools.partial(subprocess.run, cwd=directory, check=True, capture_output=True)
-    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test CA"])  # fmt: skip
-    run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
-         "-out", "server.csr", "-subj", "/CN=localhost"])  # fmt: skip
-    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    run(["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-         "-CAcreateserial", "-days", "1", "-out", "server.pem", "-extfile", "san.ext"])  # fmt: skip
-    return {
-        "cert": directory / "server.pem",
-        "key": directory / "server.key",
-        "ca": directory / "ca.pem",
-    }
-
-
 def test_rediss_urls_talk_tls(
     tmp_path: Path, service_factory: Callable[..., ServiceProcess]
 ) -> None:
-    server = RedisServer(tmp_path / "tls-redis", tls=_certificates(tmp_path / "certs")).start()
+    server = RedisServer(tmp_path / "tls-redis", tls=tls_certificates(tmp_path / "certs")).start()
     try:
         assert server.url.startswith("rediss://localhost:")
         service = service_factory(env={"REDIS_URL": server.url})

@@ -366,7 +366,7 @@ def test_the_expiry_watcher_maps_every_tenants_expired_keys_to_their_streams(
 
     async def scenario() -> None:
         globs = [*store.state_key_globs(MODEL)]
-        watcher = ExpiryWatcher(server.url, globs, store.parse_state_key, metrics, 2, on_expired)
+        watcher = ExpiryWatcher(store.clients, globs, store.parse_state_key, metrics, on_expired)
         task = asyncio.create_task(watcher.run())
         client = server.client()
         try:

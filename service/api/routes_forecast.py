@@ -143,13 +143,17 @@ async def _run(
 
 
 def _answers(
-    model: ServedModel, asks: Sequence[_Ask], raws: Sequence[bytes | None]
+    model: ServedModel, asks: Sequence[_Ask], raws: Sequence[bytes | ServiceError | None]
 ) -> list[dict[str, Any] | ServiceError]:
-    """Decode the records, forecast every stream with a usable state at once, and answer."""
+    """Decode the records, forecast every stream with a usable state at once, and answer. A
+    record that could not be read (its cluster node failed) is that ask's own error."""
     answers: list[dict[str, Any] | ServiceError] = []
     rows: list[int] = []
     h, c, last = [], [], []
     for ask, raw in zip(asks, raws, strict=True):
+        if isinstance(raw, ServiceError):
+            answers.append(raw)
+            continue
         head: dict[str, Any] = {"stream": ask.stream, "generation": None, "seq": None}
         state = (
             None

@@ -17,7 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from .redis_url import check_redis_url, redact_url
 
 __all__ = [
     "MEMORY",
@@ -93,15 +95,6 @@ def _choice(*choices: str) -> Callable[[str], str]:
 def _model_dirs(text: str) -> tuple[Path, ...]:
     # The environment variable holds several directories separated by commas.
     return tuple(Path(part.strip()) for part in text.split(",") if part.strip())
-
-
-def _redis_url(text: str) -> str:
-    parts = urlsplit(text)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must start with redis://, rediss:// or unix://")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("names no host")
-    return text
 
 
 def _program(text: str) -> Path:
@@ -215,10 +208,13 @@ OPTIONS: tuple[Option, ...] = (
         "--redis-url",
         "REDIS_URL",
         None,
-        _redis_url,
-        "Redis (standalone or cluster) to keep state in: redis://, rediss:// or unix://; a "
-        "password is allowed and never logged, but give it in the variable, as flags show in "
-        "process lists; none: start a private redis-server",
+        check_redis_url,
+        "Redis to keep state in: redis://, rediss:// (TLS) or unix:// for a standalone server or "
+        "any node of a cluster; redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB] "
+        "(rediss+sentinel:// for TLS) for the primary that Redis Sentinel names, followed through "
+        "failovers (PASSWORD is the primary's, ?sentinel_password= the sentinels'); passwords are "
+        "allowed and never logged, but give them in the variable, as flags show in process lists; "
+        "none: start a private redis-server",
         "URL",
     ),
     Option(
@@ -517,18 +513,6 @@ OPTIONS: tuple[Option, ...] = (
         "N",
     ),
 )
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{user}:***@{host}{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True)

@@ -51,9 +51,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# The Redis URL in use (REDIS_URL, or the private server's), for the expiry watcher.
-_REDIS_URL = web.AppKey("redis_url", str)
-
 # Codes for errors aiohttp raises itself (unknown path, wrong method).
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 HEADER_FIELD_MAX_BYTES = 64 * 1024
@@ -161,7 +158,6 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.durability_timeout_ms,
     )
     app[STORE] = store
-    app[_REDIS_URL] = url
     try:
         await _check_durability(store)
         yield
@@ -206,15 +202,14 @@ async def end_subscriptions(app: web.Application) -> None:
 
 
 async def expiry_ctx(app: web.Application) -> AsyncIterator[None]:
-    store, models, settings = app[STORE], app[MODELS], app[SETTINGS]
+    store, models = app[STORE], app[MODELS]
     # every tenant's state keys of every served model
     globs = [glob for name in models for glob in store.state_key_globs(name)]
     watcher = ExpiryWatcher(
-        app[_REDIS_URL],
+        store.clients,
         globs,
         store.parse_state_key,
         app[METRICS],
-        settings.redis_timeout_s,
         on_expired=app[BATCHER].streams_expired,
     )
     task = asyncio.create_task(watcher.run(), name="expiry-watcher")

@@ -189,6 +189,7 @@ class _Node:
         self.resubscribed: set[str] = set()
         self.task: asyncio.Task[None] | None = None  # started by the first subscription
         self.sending = asyncio.Lock()
+        self.orphaned = False  # its channels all moved to other nodes: close when idle
 
     async def subscribe(self, channel: str, sharded: bool = True) -> None:
         future = self.confirmed.get(channel)
@@ -229,6 +230,9 @@ class _Node:
         while True:
             if not self.channels and not self.plain and self.pubsub.connection is None:
                 self.task = None
+                if self.orphaned:
+                    with contextlib.suppress(Exception):
+                        await self.client.aclose()
                 return
             try:
                 message = await self.pubsub.get_message(timeout=5.0)
@@ -267,11 +271,14 @@ class _Node:
 
     async def _reconnect(self, delay: float) -> None:
         """A new connection with every channel subscribed again; each channel's subscribers
-        catch up from the log when Redis confirms it."""
+        catch up from the log when Redis confirms it. On a cluster, the channels whose slots
+        another node serves now (a replica took over) move to that node's connection first."""
         with contextlib.suppress(Exception):
             await self.pubsub.aclose()  # type: ignore[no-untyped-call]
         await asyncio.sleep(delay)
         self.pubsub = self.client.pubsub()
+        if self.name:
+            await self.hub.rehome(self)
         for channel in [*self.channels, *self.plain]:
             future = asyncio.get_running_loop().create_future()
             old = self.confirmed.get(channel)
@@ -286,6 +293,32 @@ class _Node:
                 await self.pubsub.subscribe(*self.plain)
         except (RedisError, OSError):
             return  # the next read fails too and we come back here
+
+    def release(self, channel: str) -> asyncio.Future[None] | None:
+        """Forget ``channel`` without unsubscribing (its connection is gone); the confirmation
+        a subscriber still waits for, if any."""
+        self.channels.discard(channel)
+        self.plain.discard(channel)
+        self.resubscribed.discard(channel)
+        future = self.confirmed.pop(channel, None)
+        return future if future is not None and not future.done() else None
+
+    async def adopt(
+        self, channel: str, sharded: bool, waiting: asyncio.Future[None] | None
+    ) -> None:
+        """Subscribe a channel that moved here from a failed node; its subscribers catch up
+        from the log once Redis confirms it (``waiting``: a confirmation someone awaits)."""
+        self.confirmed[channel] = waiting or asyncio.get_running_loop().create_future()
+        self.resubscribed.add(channel)
+        async with self.sending:
+            (self.channels if sharded else self.plain).add(channel)
+            with contextlib.suppress(RedisError, OSError):  # else this node's reader resubscribes
+                if sharded:
+                    await self.pubsub.ssubscribe(channel)
+                else:
+                    await self.pubsub.subscribe(channel)
+        if self.task is None:
+            self.task = asyncio.create_task(self._read(), name=f"events-{self.name}")
 
     async def close(self) -> None:
         if self.task is not None:
@@ -365,6 +398,7 @@ class EventHub:
             await asyncio.wait_for(node.subscribe(channel), self.store.timeout_s)
         except (RedisError, OSError, TimeoutError) as exc:
             await self.unsubscribe(sub)
+            self.store.clients.refresh_soon()  # a cluster node failed: is another serving it?
             self.metrics.redis_errors.labels("subscribe").inc()
             raise RedisUnavailable(
                 f"Redis did not confirm the subscription ({type(exc).__name__}); retry later"
@@ -387,6 +421,45 @@ class EventHub:
                 await client.aclose()
             self._channel_node[channel] = node
             return node
+
+    async def rehome(self, node: _Node) -> None:
+        """``node``'s connection to a cluster node failed: move each of its channels that
+        another node serves now (its replica took over) to that node's connection. The channels
+        that stay are left to ``node``, which keeps trying."""
+        channels = [*node.channels, *node.plain]
+        if not channels:
+            return
+        try:
+            owners = await self.store.channel_nodes(channels)
+        except RedisUnavailable:
+            return  # the slot map could not be read: the next attempt asks again
+        moved: dict[str, int] = {}
+        async with self._lock:
+            for channel in channels:
+                name = owners.get(channel)
+                if name in (None, node.name) or self._channel_node.get(channel) is not node:
+                    continue
+                target = self._nodes.get(name)
+                if target is None:
+                    try:
+                        name, client = await self.store.subscriber_client(channel)
+                    except RedisUnavailable:
+                        continue
+                    target = self._nodes.get(name)
+                    if target is None:
+                        target = self._nodes[name] = _Node(self, name, client)
+                    else:
+                        await client.aclose()
+                sharded = channel in node.channels
+                waiting = node.release(channel)
+                self._channel_node[channel] = target
+                await target.adopt(channel, sharded, waiting)
+                moved[target.name] = moved.get(target.name, 0) + 1
+            if not node.channels and not node.plain and self._nodes.get(node.name) is node:
+                del self._nodes[node.name]
+                node.orphaned = True
+        for name, count in moved.items():
+            log.info("%d event channels moved from Redis node %s to %s", count, node.name, name)
 
     async def unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.channel)
@@ -418,6 +491,7 @@ class EventHub:
             await asyncio.wait_for(node.subscribe(channel, sharded=False), self.store.timeout_s)
         except (RedisError, OSError, TimeoutError) as exc:
             await self.unwatch(mailbox)
+            self.store.clients.refresh_soon()
             self.metrics.redis_errors.labels("subscribe").inc()
             raise RedisUnavailable(
                 f"Redis did not confirm the subscription ({type(exc).__name__}); retry later"

@@ -340,6 +340,9 @@ class Batcher:
             simple_read: dict[Bucket, list[tuple[str, bytes | None]]] = {}
             for key, raw in zip(unread, raws, strict=True):
                 units = groups[key]
+                if isinstance(raw, ServiceError):  # that stream's cluster node failed
+                    self._fail(units, raw, tallies)
+                    continue
                 if simple(units):
                     simple_read.setdefault(_bucket(units), []).append((key, raw))
                 else:

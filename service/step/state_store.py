@@ -23,24 +23,25 @@ stream and recomputes it.
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import os
 import struct
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar, cast
 
 from redis._parsers import _AsyncRESP2Parser
-from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from ..core.errors import NotPersisted, NotReplicated, RedisUnavailable, ServiceError
 from ..core.ids import DEFAULT_TENANT
 from ..core.metrics import Metrics
 from ..core.settings import MEMORY, Durability
+from .redis_clients import RedisClients
 
 __all__ = [
     "ANNOUNCE_SCRIPT",
@@ -481,6 +482,10 @@ end
 return 1
 """
 
+# The script's sha, as Redis computes it: a cluster's nodes are sent EVALSHA without loading it
+# first, and a node that lacks it is sent the script itself (``StateStore.commit_many``).
+_COMMIT_SHA = hashlib.sha1(COMMIT_SCRIPT.encode()).hexdigest()
+
 # Live streams per tenant (max_streams). A tenant with a limit has a set of the state keys of its
 # live streams, "{prefix}:{tenant}:streams": in a slot of its own, not its streams', so it is
 # never part of a stream's script call. A stream joins it when it starts a generation (a new
@@ -616,11 +621,14 @@ class LogChunk:
 class StateStore:
     """Reads and writes stream records; every Redis failure becomes ``RedisUnavailable``.
 
-    Works with a standalone Redis and with a Redis Cluster, found out on first contact (``INFO
-    cluster``), so the same ``REDIS_URL`` setting serves both. Standalone: one ``MGET`` per batch
-    and one call of ``COMMIT_SCRIPT`` over every stream. Cluster: a stream's keys share a hash slot
-    but streams do not, so reads are one ``GET`` and writes one single-key script call per stream,
-    sent as one pipeline per node (redis-py groups them), the nodes in parallel.
+    Works with a standalone Redis, the primary Redis Sentinel names, and a Redis Cluster (found
+    out on first contact, ``INFO cluster``), so the same ``REDIS_URL`` setting serves all three
+    (``redis_clients.py`` makes the clients and says how each follows a failover). Standalone and
+    Sentinel: one ``MGET`` per batch and one call of ``COMMIT_SCRIPT`` over every stream. Cluster:
+    a stream's keys share a hash slot but streams do not, so reads are one ``GET`` and writes one
+    single-key script call per stream, sent as one pipeline per node, the nodes in parallel; a
+    node that fails fails only its own streams (``RedisUnavailable`` in their place), and the
+    others are answered.
     """
 
     def __init__(
@@ -645,7 +653,6 @@ class StateStore:
             self._ack = ("WAIT", durability.replicas, durability_timeout_ms)
         self.metrics = metrics
         self.timeout_s = timeout_s
-        self._url = url
         self._options: dict[str, Any] = {
             "socket_timeout": timeout_s,
             "socket_connect_timeout": timeout_s,
@@ -655,8 +662,8 @@ class StateStore:
         }
         if os.environ.get("LSTM_BENCH_HIREDIS") == "off":  # a benchmark's comparison only
             self._options["parser_class"] = _AsyncRESP2Parser
-        self._client: Redis | RedisCluster | None = None
-        self._connecting = asyncio.Lock()
+        # Every client, and how each follows a failover (redis_clients.py).
+        self.clients = RedisClients(url, timeout_s, self._options)
         self._commit_sha: str | None = None
         self._announce_sha: str | None = None
 
@@ -714,42 +721,19 @@ class StateStore:
         return f"{self.prefix}:{{{tenant}}}:streams"
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.clients.aclose()
 
     async def _connected(self) -> Redis | RedisCluster:
         """The client, created on first contact once we know whether Redis is a cluster."""
-        if self._client is not None:
-            return self._client
-        async with self._connecting:  # one probe, however many callers arrive at once
-            if self._client is None:
-                self._client = await self._probe()
-            return self._client
-
-    async def _probe(self) -> Redis | RedisCluster:
-        probe = Redis.from_url(self._url, **self._options)
-        try:
-            info = await probe.info("cluster")
-        except BaseException:
-            await probe.aclose()
-            raise
-        if str(info.get("cluster_enabled", 0)) != "1":
-            return probe
-        await probe.aclose()
-        cluster = RedisCluster.from_url(self._url, **self._options)
-        try:
-            await cluster.initialize()
-        except BaseException:
-            await cluster.aclose()
-            raise
-        return cluster
+        return await self.clients.command_client()
 
     async def _call(self, operation: str, fn: Callable[[Redis | RedisCluster], Awaitable[T]]) -> T:
         start = time.perf_counter()
         try:
             return await fn(await self._connected())
-        except (RedisError, OSError) as exc:  # OSError: a socket error redis-py did not wrap
+        # OSError: a socket error redis-py did not wrap; RedisClusterException: no node of a
+        # cluster could be reached, or a slot has none
+        except (RedisError, OSError, RedisClusterException) as exc:
             self.metrics.redis_errors.labels(operation).inc()
             raise RedisUnavailable(
                 f"Redis did not answer ({type(exc).__name__}); retry later"
@@ -763,20 +747,28 @@ class StateStore:
 
         await self._call("ping", ping)
 
-    async def load_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Every record in one round trip per node; None where a stream has no state."""
+    async def load_many(self, keys: Sequence[str]) -> list[bytes | RedisUnavailable | None]:
+        """Every record in one round trip per node; None where a stream has no state, and
+        RedisUnavailable where (on a cluster) that stream's node failed while others answered."""
         if not keys:
             return []
 
-        async def load(client: Redis | RedisCluster) -> list[bytes | None]:
+        async def load(client: Redis | RedisCluster) -> list[bytes | RedisUnavailable | None]:
             if isinstance(client, Redis):
-                return cast(list[bytes | None], await client.mget(keys))
-            async with client.pipeline() as pipe:
-                for key in keys:
-                    pipe.get(key)
-                return cast(list[bytes | None], await pipe.execute())
+                return cast(list[bytes | RedisUnavailable | None], await client.mget(keys))
+            replies = await self.clients.node_pipelines(client, [(k, ("GET", k)) for k in keys])
+            return [
+                self._node_failure("load", r) if isinstance(r, Exception) else r for r in replies
+            ]
 
         return await self._call("load", load)
+
+    def _node_failure(self, operation: str, error: Exception) -> RedisUnavailable:
+        """One stream's failure on a cluster whose other nodes answered."""
+        self.metrics.redis_errors.labels(operation).inc()
+        return RedisUnavailable(
+            f"Redis did not answer for this stream ({type(error).__name__}); retry later"
+        )
 
     async def commit_many(
         self,
@@ -830,9 +822,11 @@ class StateStore:
             if refused:
                 # A node lost its script cache (restarted, or a replica took over). Only its
                 # writes were refused, and they did not run; the others ran and must not be
-                # sent again.
-                self._commit_sha = await self._load_script(client)
-                again = await self._commit_cluster(client, [writes[i] for i in refused], head)
+                # sent again. The refused ones go again with the script itself, which its node
+                # keeps for the next EVALSHA: no other node (one may be down) is involved.
+                again = await self._commit_cluster(
+                    client, [writes[i] for i in refused], head, with_script=True
+                )
                 for i, result in zip(refused, again, strict=True):
                     results[i] = result
             return [self._outcome(r) for r in results]
@@ -841,10 +835,7 @@ class StateStore:
 
     def _outcome(self, result: object) -> bool | int | ServiceError:
         if isinstance(result, Exception):
-            self.metrics.redis_errors.labels("commit").inc()
-            return RedisUnavailable(
-                f"Redis did not answer for this stream ({type(result).__name__}); retry later"
-            )
+            return self._node_failure("commit", result)
         return _written(cast(list[Any], result)[0])
 
     async def _script_sha(self, client: Redis | RedisCluster) -> str:
@@ -860,8 +851,8 @@ class StateStore:
             )
             sha = next(iter(shas.values())) if isinstance(shas, dict) else shas
         else:
-            sha = await client.script_load(script)
-        return sha.decode() if isinstance(sha, bytes) else str(sha)
+            sha = await client.script_load(script)  # bytes, whatever the stubs say
+        return _text(sha)
 
     async def _commit_standalone(
         self, client: Redis, writes: Sequence[Write], head: list[Any]
@@ -874,19 +865,26 @@ class StateStore:
         return [_written(flag) for flag in out]
 
     async def _commit_cluster(
-        self, client: RedisCluster, writes: Sequence[Write], head: list[Any]
+        self,
+        client: RedisCluster,
+        writes: Sequence[Write],
+        head: list[Any],
+        with_script: bool = False,
     ) -> list[Any]:
         """One script call per stream (its keys share a slot), one pipeline per node; per write
-        its reply (``[1]``, ``[0]`` or ``[generation]``) or the exception its node answered."""
-        sha = await self._script_sha(client)
-        async with client.pipeline() as pipe:
-            for w in writes:
-                # redis-py blocks its evalsha() helper in cluster pipelines; the command itself
-                # is routed by its key like any other.
-                pipe.execute_command(
-                    "EVALSHA", sha, 2, w.keys.state, w.keys.log, *head, _pack_writes([w], head[2])
+        its reply (``[1]``, ``[0]`` or ``[generation]``) or the exception its node answered.
+        ``with_script``: send the script itself (EVAL) rather than its sha."""
+        call = ("EVAL", COMMIT_SCRIPT) if with_script else ("EVALSHA", _COMMIT_SHA)
+        return await self.clients.node_pipelines(
+            client,
+            [
+                (
+                    w.keys.state,
+                    (*call, 2, w.keys.state, w.keys.log, *head, _pack_writes([w], head[2])),
                 )
-            return list(await pipe.execute(raise_on_error=False))
+                for w in writes
+            ],
+        )
 
     # -- acknowledged writes (--durability aof, replicas:N) ----------------------------------
 
@@ -1200,40 +1198,41 @@ class StateStore:
         """A record and its remaining TTL in ms (-1: none) in one round trip."""
 
         async def get_with_ttl(client: Redis | RedisCluster) -> tuple[bytes | None, int]:
-            pipeline = (
-                client.pipeline(transaction=False)
-                if isinstance(client, Redis)
-                else client.pipeline()
-            )
-            async with pipeline as pipe:
-                pipe.get(key)
-                pipe.pttl(key)
-                raw, pttl = await pipe.execute()
+            if isinstance(client, RedisCluster):
+                raw, pttl = await self.clients.node_pipelines(
+                    client, [(key, ("GET", key)), (key, ("PTTL", key))]
+                )
+                for reply in (raw, pttl):
+                    if isinstance(reply, Exception):
+                        raise reply
+            else:
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.get(key)
+                    pipe.pttl(key)
+                    raw, pttl = await pipe.execute()
             return raw, int(pttl)
 
         return await self._call("get", get_with_ttl)
 
     async def subscriber_client(self, channel: str) -> tuple[str, Redis]:
         """A new client of its own for subscribing to ``channel``, and the name of the node it
-        talks to ("" on a standalone Redis). Reads on it block as long as they need; a failure
-        is raised, not retried, so that the caller knows announcements may have been lost."""
+        talks to ("" unless on a cluster). Its commands wait ``timeout_s`` (its reader gives
+        reads a timeout of their own); a failure is raised, not retried, so that the caller knows
+        announcements may have been lost."""
 
         async def connect(client: Redis | RedisCluster) -> tuple[str, Redis]:
-            options: dict[str, Any] = {
-                "socket_connect_timeout": self.timeout_s,
-                "socket_keepalive": True,
-                "retry": Retry(NoBackoff(), 0),
-            }
-            if isinstance(client, Redis):
-                return "", Redis.from_url(self._url, **options)
-            node = client.get_node_from_key(channel)
-            if node is None:
-                raise RedisError(f"no cluster node serves channel {channel}")
-            kwargs = {**node.connection_kwargs, **options, "socket_timeout": None}
-            pool = ConnectionPool(connection_class=node.connection_class, **kwargs)
-            return node.name, Redis(connection_pool=pool)
+            return await self.clients.dedicated(channel)
 
         return await self._call("connect", connect)
+
+    async def channel_nodes(self, channels: Iterable[str]) -> dict[str, str]:
+        """The node now serving each channel ("" unless on a cluster), from the cluster's slot
+        map read anew: after a node failed, a replica may serve its channels."""
+
+        async def owners(client: Redis | RedisCluster) -> dict[str, str]:
+            return await self.clients.owners(channels)
+
+        return await self._call("connect", owners)
 
     # -- stream discovery, for prefix subscriptions ------------------------------------------
 
@@ -1285,6 +1284,23 @@ class StateStore:
 
         return await self._call("scan", scan)
 
+    async def _each(
+        self, client: Redis | RedisCluster, commands: Sequence[tuple[str, tuple[Any, ...]]]
+    ) -> list[Any]:
+        """Independent ``(key, command)``s in one round trip (one per node on a cluster, where a
+        failed node fails only its own: ``RedisClients.node_pipelines``); raises the first
+        error."""
+        if isinstance(client, Redis):
+            async with client.pipeline(transaction=False) as pipe:
+                for _, command in commands:
+                    pipe.execute_command(*command)
+                return list(await pipe.execute())
+        replies = await self.clients.node_pipelines(client, commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
     async def delete(self, key: str, tenant: str | None = None) -> bool:
         """Remove a stream's record; whether it had one. With ``tenant``, the stream also leaves
         that tenant's set of live streams, in the same round trip (per node)."""
@@ -1292,10 +1308,10 @@ class StateStore:
         async def delete(client: Redis | RedisCluster) -> bool:
             if tenant is None:
                 return bool(await client.delete(key))
-            async with _pipeline(client) as pipe:
-                pipe.delete(key)
-                pipe.srem(self.tenant_streams_key(tenant), key)
-                deleted, _ = await pipe.execute()
+            streams = self.tenant_streams_key(tenant)
+            deleted, _ = await self._each(
+                client, [(key, ("DEL", key)), (streams, ("SREM", streams, key))]
+            )
             return bool(deleted)
 
         return await self._call("delete", delete)
@@ -1308,12 +1324,11 @@ class StateStore:
         tenant, all in one round trip (per node). Returns the keys refused."""
 
         async def admit(client: Redis | RedisCluster) -> list[Any]:
-            async with _pipeline(client) as pipe:
-                for tenant, (limit, keys) in asks.items():
-                    pipe.execute_command(
-                        "EVAL", QUOTA_SCRIPT, 1, self.tenant_streams_key(tenant), limit, *keys
-                    )
-                return list(await pipe.execute())
+            calls = []
+            for tenant, (limit, keys) in asks.items():
+                streams = self.tenant_streams_key(tenant)
+                calls.append((streams, ("EVAL", QUOTA_SCRIPT, 1, streams, limit, *keys)))
+            return await self._each(client, calls)
 
         replies = await self._call("quota", admit)
         refused: set[str] = set()
@@ -1328,10 +1343,11 @@ class StateStore:
             return
 
         async def release(client: Redis | RedisCluster) -> None:
-            async with _pipeline(client) as pipe:
-                for tenant, members in keys.items():
-                    pipe.srem(self.tenant_streams_key(tenant), *members)
-                await pipe.execute()
+            calls = []
+            for tenant, members in keys.items():
+                streams = self.tenant_streams_key(tenant)
+                calls.append((streams, ("SREM", streams, *members)))
+            await self._each(client, calls)
 
         await self._call("quota", release)
 
@@ -1347,22 +1363,11 @@ class StateStore:
             if isinstance(client, Redis):
                 return int(await client.eval(PRUNE_SCRIPT, 1 + len(members), key, *members))
             # A cluster: the members live in other slots than the set, so no script sees both.
-            async with client.pipeline() as pipe:
-                for member in members:
-                    pipe.exists(member)
-                found = await pipe.execute()
+            found = await self._each(client, [(m, ("EXISTS", m)) for m in members])
             gone = [m for m, n in zip(members, found, strict=True) if not n]
             return int(await client.srem(key, *gone)) if gone else 0
 
         return await self._call("quota", prune)
-
-
-def _pipeline(client: Redis | RedisCluster) -> Any:
-    """A pipeline of independent commands: no MULTI on a standalone Redis; one per node on a
-    cluster (redis-py routes each command by its key)."""
-    if isinstance(client, Redis):
-        return client.pipeline(transaction=False)
-    return client.pipeline()
 
 
 def _stream_id(tag: str) -> StreamId | None:
