@@ -9,7 +9,8 @@ the URL names first dies at the same moment, so the service must ask the others.
 With the default durability (``memory``), replication is asynchronous: steps acknowledged just
 before the kill may not have reached the replica. The test reports how many; the variants with
 ``--durability replicas:1`` (none may be lost) and ``--seq-gaps refuse`` (clients learn of a loss
-from a 409 and send again) run once the service has those flags."""
+from a 409 and send again; every stream's log must then be the reference chain) are skipped,
+saying why, where the service lacks those flags."""
 
 from __future__ import annotations
 
